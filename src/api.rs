@@ -1,0 +1,164 @@
+//! The HTTP edge: axum routes translating JSON to replica calls and errors to status codes.
+//!
+//! Nothing here decides anything about causality; handlers parse, call the replica, and render.
+//! Every error, including axum's own extractor rejections (bad path encoding, oversized body,
+//! unknown route), leaves as `{"error": "..."}` with a 4xx/5xx status.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::protocol::{
+    DeleteRequest, ErrorBody, HelloRequest, ReadResponse, ReplicateRequest, WriteRequest, WriteResponse,
+    MAX_REPLICATE_BODY_BYTES,
+};
+use crate::replica::Replica;
+
+/// An error on its way to the client.
+pub struct AppError(Error);
+
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        AppError(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!("request failed: {}", self.0);
+        }
+        (status, Json(ErrorBody { error: self.0.to_string() })).into_response()
+    }
+}
+
+fn from_path(rejection: PathRejection) -> AppError {
+    AppError(Error::InvalidInput(format!("bad key in path: {}", rejection.body_text())))
+}
+
+fn from_body(rejection: BytesRejection) -> AppError {
+    let text = rejection.body_text();
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        AppError(Error::TooLarge(format!("request body too large: {text}")))
+    } else {
+        AppError(Error::InvalidInput(format!("cannot read request body: {text}")))
+    }
+}
+
+/// Parses a JSON body; `empty` is what an empty body means (None = an empty body is an error).
+fn parse<T: DeserializeOwned>(body: &Bytes, empty: Option<T>) -> Result<T, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        if let Some(default) = empty {
+            return Ok(default);
+        }
+        return Err(AppError(Error::InvalidInput("the request needs a JSON body".into())));
+    }
+    serde_json::from_slice(body).map_err(|e| AppError(Error::InvalidInput(format!("invalid JSON body: {e}"))))
+}
+
+type Shared = State<Arc<Replica>>;
+
+async fn read_key(State(replica): Shared, key: Result<Path<String>, PathRejection>) -> Result<Json<ReadResponse>, AppError> {
+    let Path(key) = key.map_err(from_path)?;
+    let set = replica.read(key.clone()).await?;
+    if set.is_deleted() {
+        return Err(Error::NotFound(format!("key {key:?} not found")).into());
+    }
+    let context = set.context(replica.layout().n());
+    Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }))
+}
+
+async fn write_key(
+    State(replica): Shared,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WriteResponse>, AppError> {
+    let Path(key) = key.map_err(from_path)?;
+    let request: WriteRequest = parse(&body.map_err(from_body)?, None)?;
+    let clock = replica.write(key.clone(), Some(request.value), request.context).await?;
+    Ok(Json(WriteResponse { key, clock, replica: replica.id() }))
+}
+
+async fn delete_key(
+    State(replica): Shared,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WriteResponse>, AppError> {
+    let Path(key) = key.map_err(from_path)?;
+    let request: DeleteRequest = parse(&body.map_err(from_body)?, Some(DeleteRequest::default()))?;
+    let clock = replica.write(key.clone(), None, request.context).await?;
+    Ok(Json(WriteResponse { key, clock, replica: replica.id() }))
+}
+
+async fn replicate(State(replica): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
+    let request: ReplicateRequest = parse(&body.map_err(from_body)?, None)?;
+    Ok(Json(replica.apply_replication(request).await?).into_response())
+}
+
+async fn hello(State(replica): Shared, body: Result<Bytes, BytesRejection>) -> Result<StatusCode, AppError> {
+    let request: HelloRequest = parse(&body.map_err(from_body)?, None)?;
+    replica.peer_hello(request.from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn status(State(replica): Shared) -> Result<Response, AppError> {
+    Ok(Json(replica.status().await?).into_response())
+}
+
+async fn no_route() -> AppError {
+    AppError(Error::NotFound(
+        "no such route; see GET/PUT/DELETE /kv/{key}, POST /replicate, GET /health, GET /status".into(),
+    ))
+}
+
+async fn wrong_method() -> Response {
+    let body = ErrorBody { error: "method not allowed on this route".into() };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// Largest client request body: the value limit plus room for JSON escaping and the context.
+pub fn client_body_limit(max_value_bytes: usize) -> usize {
+    max_value_bytes.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// The replica's HTTP application.
+pub fn app(replica: Arc<Replica>) -> Router {
+    let client_limit = client_body_limit(replica.max_value_bytes());
+    Router::new()
+        .route(
+            "/kv/{key}",
+            get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)),
+        )
+        .route("/replicate", post(replicate).layer(DefaultBodyLimit::max(MAX_REPLICATE_BODY_BYTES)))
+        .route("/peer/hello", post(hello))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            let body = ErrorBody { error: "internal error (a bug: please report it)".into() };
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(replica)
+}

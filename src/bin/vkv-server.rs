@@ -1,0 +1,143 @@
+//! `vkv-server`: one replica of a vkv cluster.
+//!
+//! ```text
+//! vkv-server --host 127.0.0.1 --port 7000 -N 5 \
+//!     --hosts 127.0.0.1,127.0.0.1,127.0.0.1,127.0.0.1 --ports 7001,7002,7003,7004
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info};
+
+use vkv::cluster::Layout;
+use vkv::protocol::DEFAULT_MAX_VALUE_BYTES;
+use vkv::replica::{Config, Replica};
+
+/// One replica of a vkv cluster. Peers are the *other* replicas: N = 1 + number of peers.
+#[derive(Parser, Debug)]
+#[command(name = "vkv-server", version)]
+struct Args {
+    /// This replica's host, as the peers know it.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// This replica's HTTP port.
+    #[arg(long)]
+    port: u16,
+    /// Number of replicas in the cluster (this one included).
+    #[arg(short = 'N', long = "replicas")]
+    n: usize,
+    /// The other replicas' hosts, comma-separated, in the same order as --ports.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// The other replicas' ports, comma-separated, in the same order as --hosts.
+    #[arg(long, value_delimiter = ',')]
+    ports: Vec<u16>,
+    /// Where this replica keeps its data and outbox [default: vkv-data/<host>-<port>].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on, if not --host:--port (e.g. 0.0.0.0:7000 in a container).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Longest value a client may write, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES)]
+    max_value_bytes: usize,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("ctrl-c received: shutting down"),
+        _ = term => info!("SIGTERM received: shutting down"),
+    }
+}
+
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vkv-server: {message}");
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+
+    let layout = match Layout::from_flags(&args.host, args.port, args.n, &args.hosts, &args.ports) {
+        Ok(layout) => layout,
+        Err(e) => return usage_error(e),
+    };
+    if args.max_value_bytes == 0 {
+        return usage_error("--max-value-bytes must be at least 1");
+    }
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("vkv-data").join(format!("{}-{}", args.host, args.port)));
+    let listen = args.listen.map(|a| a.to_string()).unwrap_or_else(|| layout.me().address());
+
+    let replica = match Replica::open(Config {
+        layout: layout.clone(),
+        data_dir: data_dir.clone(),
+        max_value_bytes: args.max_value_bytes,
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot open the store: {e}");
+            return usage_error(format!("cannot open the store: {e}"));
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot listen on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    info!(
+        "replica {} of {} starting on {listen} · clock position {} · members {} · data dir {}",
+        layout.self_id(),
+        layout.n(),
+        layout.me().position(),
+        layout.describe(),
+        data_dir.display()
+    );
+    let background = replica.start();
+    let served = axum::serve(listener, vkv::api::app(replica.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    info!("replica {} stopped accepting requests; stopping senders", layout.self_id());
+    background.stop(Duration::from_secs(5)).await;
+    drop(replica);
+    match served {
+        Ok(()) => {
+            info!("replica {} stopped cleanly", layout.self_id());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("server error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `vkv`: the command-line client.
+//!
+//! Exit codes: 0 success · 1 key not found · 2 bad input (flags, or a request the server
+//! rejected) · 3 server unreachable or failing.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use vkv::client::{Client, ClientError};
+use vkv::clock::VectorClock;
+use vkv::protocol::{ReadResponse, StatusResponse, WriteResponse};
+
+/// Client for a vkv cluster: talk to any replica.
+#[derive(Parser, Debug)]
+#[command(name = "vkv", version)]
+struct Cli {
+    /// The replica to talk to (host:port).
+    #[arg(long, short, default_value = "127.0.0.1:7000", global = true)]
+    server: String,
+    /// Print the raw JSON response instead of the human form.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a key: its value and clock, or every conflicting value with its clock.
+    Get { key: String },
+    /// Write a value. Pass the context you read (--context 2,1,0,0,0) to resolve a conflict.
+    Put {
+        key: String,
+        value: String,
+        /// The clock read with `get`, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        context: Option<Vec<u64>>,
+    },
+    /// Delete a key (a tombstone that replicates like a write).
+    Delete {
+        key: String,
+        /// The clock read with `get`, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        context: Option<Vec<u64>>,
+    },
+    /// The replica's view: members, outbox depths, peer reachability, key count.
+    Status,
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("responses serialise"));
+}
+
+fn show_read(r: &ReadResponse) {
+    if r.is_conflict() {
+        println!("CONFLICT: key {:?} has {} concurrent versions", r.key, r.versions.len());
+        for (i, v) in r.versions.iter().enumerate() {
+            match &v.value {
+                Some(value) => println!("  sibling {}: {value:?}  clock {}", i + 1, v.clock),
+                None => println!("  sibling {}: (deleted)  clock {}", i + 1, v.clock),
+            }
+        }
+        let ctx: Vec<String> = r.context.counters().iter().map(u64::to_string).collect();
+        println!("resolve with: vkv put {:?} <value> --context {}", r.key, ctx.join(","));
+    } else if let Some(v) = r.versions.first() {
+        println!("{}  clock {}", v.value.as_deref().unwrap_or("(deleted)"), v.clock);
+    }
+}
+
+fn show_write(w: &WriteResponse, what: &str) {
+    println!("{what} {:?} at replica {} · clock {}", w.key, w.replica, w.clock);
+}
+
+fn show_status(s: &StatusResponse) {
+    println!("replica {} of {} · {} key(s)", s.replica, s.n, s.keys);
+    for m in &s.members {
+        let me = if m.id == s.replica { "  (this replica)" } else { "" };
+        println!("  member {}: {}{me}", m.id, m.address());
+    }
+    for p in &s.peers {
+        println!(
+            "  peer {} {}: {} · outbox {} key(s)",
+            p.id,
+            p.address,
+            if p.reachable { "reachable" } else { "UNREACHABLE" },
+            p.outbox_depth
+        );
+    }
+}
+
+fn fail(e: ClientError) -> ExitCode {
+    eprintln!("vkv: {e}");
+    match e {
+        ClientError::BadAddress(_) | ClientError::Rejected { .. } => ExitCode::from(2),
+        _ => ExitCode::from(3),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = match Client::new(&cli.server) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let result = match cli.command {
+        Command::Get { key } => match client.get(&key).await {
+            Ok(Some(r)) => {
+                if cli.json { print_json(&r) } else { show_read(&r) }
+                Ok(())
+            }
+            Ok(None) => {
+                if cli.json {
+                    print_json(&serde_json::json!({"error": format!("key {key:?} not found")}));
+                } else {
+                    eprintln!("vkv: key {key:?} not found");
+                }
+                return ExitCode::from(1);
+            }
+            Err(e) => Err(e),
+        },
+        Command::Put { key, value, context } => client
+            .put(&key, &value, context.map(VectorClock::from))
+            .await
+            .map(|w| if cli.json { print_json(&w) } else { show_write(&w, "wrote") }),
+        Command::Delete { key, context } => client
+            .delete(&key, context.map(VectorClock::from))
+            .await
+            .map(|w| if cli.json { print_json(&w) } else { show_write(&w, "deleted") }),
+        Command::Status => client
+            .status()
+            .await
+            .map(|s| if cli.json { print_json(&s) } else { show_status(&s) }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,172 @@
+//! A typed HTTP client for one replica: used by the `vkv` CLI, the driver and the tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vkv::client::ClientError> {
+//! let client = vkv::client::Client::new("127.0.0.1:7000")?;
+//! let written = client.put("cart", "milk", None).await?;
+//! println!("written with clock {}", written.clock);
+//! if let Some(read) = client.get("cart").await? {
+//!     // Resolve any conflict by writing back with the context read.
+//!     client.put("cart", "milk,eggs", Some(read.context)).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use crate::clock::VectorClock;
+use crate::protocol::{DeleteRequest, ErrorBody, ReadResponse, StatusResponse, WriteRequest, WriteResponse};
+
+/// Time a client request may take, connection included.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a client call failed, by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server address cannot be turned into a URL.
+    #[error("invalid server address {0:?}: expected host:port or http://host:port")]
+    BadAddress(String),
+    /// No answer: the replica is down, unreachable or too slow.
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The replica refused the request (4xx): fix the request.
+    #[error("rejected ({status}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The server's `error` text.
+        message: String,
+    },
+    /// The replica failed (5xx): retry later or elsewhere.
+    #[error("server error ({status}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's `error` text.
+        message: String,
+    },
+    /// The replica answered something that is not the documented JSON.
+    #[error("unexpected response: {0}")]
+    BadResponse(String),
+}
+
+/// A client for one replica.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: Url,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the replica at `server` (`host:port` or `http://host:port`).
+    pub fn new(server: &str) -> Result<Client, ClientError> {
+        let text = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+        let base = Url::parse(&text).map_err(|_| ClientError::BadAddress(server.to_string()))?;
+        if base.scheme() != "http" || base.host_str().is_none() || base.cannot_be_a_base() {
+            return Err(ClientError::BadAddress(server.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(CLIENT_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| ClientError::BadAddress(format!("{server}: {e}")))?;
+        Ok(Client { base, http })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &Url {
+        &self.base
+    }
+
+    fn key_url(&self, key: &str) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked in new: the URL can be a base")
+            .clear()
+            .push("kv")
+            .push(key);
+        url
+    }
+
+    fn path_url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder, url: &Url) -> Result<Option<T>, ClientError> {
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: if e.is_timeout() { "timed out".into() } else { e.to_string() },
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        if status == StatusCode::NOT_FOUND && url.path().starts_with("/kv/") {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            let status = status.as_u16();
+            return Err(if status < 500 {
+                ClientError::Rejected { status, message }
+            } else {
+                ClientError::Server { status, message }
+            });
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::BadResponse(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    fn expect_found<T>(found: Option<T>) -> Result<T, ClientError> {
+        found.ok_or_else(|| ClientError::BadResponse("404 for a write".into()))
+    }
+
+    /// Reads a key: `None` when it does not exist (or was deleted).
+    pub async fn get(&self, key: &str) -> Result<Option<ReadResponse>, ClientError> {
+        let url = self.key_url(key);
+        self.send(self.http.get(url.clone()), &url).await
+    }
+
+    /// Writes a value, superseding `context` (pass the context read to resolve a conflict).
+    pub async fn put(&self, key: &str, value: &str, context: Option<VectorClock>) -> Result<WriteResponse, ClientError> {
+        let url = self.key_url(key);
+        let body = WriteRequest { value: value.to_string(), context };
+        Self::expect_found(self.send(self.http.put(url.clone()).json(&body), &url).await?)
+    }
+
+    /// Deletes a key (writes a tombstone), superseding `context`.
+    pub async fn delete(&self, key: &str, context: Option<VectorClock>) -> Result<WriteResponse, ClientError> {
+        let url = self.key_url(key);
+        let body = DeleteRequest { context };
+        Self::expect_found(self.send(self.http.delete(url.clone()).json(&body), &url).await?)
+    }
+
+    /// The replica's status: members, outbox depths, peer reachability, key count.
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        let url = self.path_url("/status");
+        Self::expect_found(self.send(self.http.get(url.clone()), &url).await?)
+    }
+
+    /// True when the replica answers `GET /health`.
+    pub async fn healthy(&self) -> bool {
+        let url = self.path_url("/health");
+        matches!(
+            self.http.get(url).timeout(Duration::from_millis(500)).send().await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+}

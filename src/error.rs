@@ -1,0 +1,50 @@
+//! The one error type of the library, named for what the caller should do next.
+//!
+//! The HTTP layer maps each variant to a status code in one place (`api::AppError`), and the
+//! client maps status codes back; nothing else decides statuses.
+
+/// What went wrong, by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or breaks a documented limit: fix it, do not retry as is. (400)
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A key or value is larger than the documented limit. (413)
+    #[error("{0}")]
+    TooLarge(String),
+    /// The key has no live version. (404)
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the replica's identity (e.g. a batch from a non-member). (409)
+    #[error("{0}")]
+    Conflict(String),
+    /// The replica cannot serve right now (shutting down, storage busy): retry later. (503)
+    #[error("{0}")]
+    Unavailable(String),
+    /// The local store failed: the write was not applied. (500)
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! storage_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+
+storage_error_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    std::io::Error
+);

@@ -1,0 +1,144 @@
+//! The JSON shapes of the HTTP API, shared by the server, the peer senders and the client.
+//!
+//! This is a contract: tools outside this repository speak it. Change it only compatibly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::VectorClock;
+use crate::cluster::{Member, ReplicaId};
+use crate::versions::Version;
+
+/// Longest key accepted, in bytes of UTF-8 (after percent-decoding).
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Default for `--max-value-bytes`: the longest value a client may write.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most keys in one `POST /replicate` batch. Larger batches amortise a round trip over more keys;
+/// smaller ones bound the memory and the transaction a receiver holds for one request.
+pub const MAX_BATCH_KEYS: usize = 256;
+/// Most versions of one key in a replication entry. Far above any healthy sibling count.
+pub const MAX_VERSIONS_PER_ENTRY: usize = 1024;
+/// Largest `POST /replicate` body a replica accepts. Senders cut batches at a quarter of this,
+/// so only a single key whose siblings add up to more than this can never ship.
+pub const MAX_REPLICATE_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// `PUT /kv/{key}` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteRequest {
+    /// The new value.
+    pub value: String,
+    /// The clock the client read (GET's `context`); the new version supersedes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<VectorClock>,
+}
+
+/// `DELETE /kv/{key}` body (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    /// The clock the client read; the tombstone supersedes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<VectorClock>,
+}
+
+/// Answer to a PUT or DELETE: the clock of the new version, sent once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    /// The key written.
+    pub key: String,
+    /// The new version's clock.
+    pub clock: VectorClock,
+    /// The replica that coordinated the write.
+    pub replica: ReplicaId,
+}
+
+/// Answer to `GET /kv/{key}`: every version (one unless there is a conflict) and the context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// The key read.
+    pub key: String,
+    /// The sibling versions, sorted by clock; tombstones among live siblings appear as
+    /// `{"deleted": true, "clock": [...]}`.
+    pub versions: Vec<Version>,
+    /// Pointwise max of the versions' clocks: send it back with a write to resolve a conflict.
+    pub context: VectorClock,
+}
+
+impl ReadResponse {
+    /// True when the key holds concurrent versions.
+    pub fn is_conflict(&self) -> bool {
+        self.versions.len() > 1
+    }
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+/// `POST /replicate`: a peer ships keys with their whole sibling sets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateRequest {
+    /// The sending replica's id.
+    pub from: ReplicaId,
+    /// The keys, each with every version the sender holds.
+    pub entries: Vec<ReplicateEntry>,
+}
+
+/// One key of a replication batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateEntry {
+    /// The key.
+    pub key: String,
+    /// The sender's sibling set for it.
+    pub versions: Vec<Version>,
+}
+
+/// Answer to `POST /replicate`, once the whole batch is durable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicateResponse {
+    /// Keys in the batch.
+    pub keys: usize,
+    /// Incoming versions that changed the receiver's state.
+    pub changed: usize,
+}
+
+/// `POST /peer/hello`: a replica that just started tells its peers, so they retry at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloRequest {
+    /// The id of the replica that started.
+    pub from: ReplicaId,
+}
+
+/// Answer to `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// This replica's id.
+    pub replica: ReplicaId,
+    /// Cluster size.
+    pub n: usize,
+    /// The members in clock order.
+    pub members: Vec<Member>,
+    /// One entry per peer.
+    pub peers: Vec<PeerStatus>,
+    /// Keys stored, tombstoned keys included.
+    pub keys: u64,
+}
+
+/// One peer as seen from a replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's id.
+    pub id: ReplicaId,
+    /// `host:port`.
+    pub address: String,
+    /// Keys this replica still owes the peer.
+    pub outbox_depth: u64,
+    /// Whether the peer answered a health probe just now.
+    pub reachable: bool,
+}

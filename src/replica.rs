@@ -1,0 +1,354 @@
+//! The node: validates and applies client writes, merges peer batches, owns the senders.
+//!
+//! Every decision a replica takes is logged here, one line each, in the seed's notation:
+//!
+//! ```text
+//! replica 1 · key cart · client write "milk" → clock [2, 0, 0, 0, 0]
+//! replica 5 · key cart · local [1, 0, 0, 0, 0] vs received "milk" [2, 0, 0, 0, 0] from replica 1 → no conflict, updated
+//! replica 3 · key cart · local [2, 0, 0, 0, 0] vs received "eggs" [1, 1, 0, 0, 0] from replica 2 → CONFLICT, kept 2 siblings
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::clock::VectorClock;
+use crate::cluster::{Layout, ReplicaId};
+use crate::error::{Error, Result};
+use crate::protocol::{
+    PeerStatus, ReplicateRequest, ReplicateResponse, StatusResponse, MAX_BATCH_KEYS, MAX_KEY_BYTES,
+    MAX_VERSIONS_PER_ENTRY,
+};
+use crate::replication::{announce, peer_http_client, PeerLink, Sender};
+use crate::store::{MergeRecord, Store};
+use crate::versions::{MergeOutcome, SiblingSet, Version};
+
+/// Time a status request waits for each peer's health probe.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What a replica needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cluster and this replica's place in it.
+    pub layout: Layout,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Longest value accepted from a client or a peer, in bytes.
+    pub max_value_bytes: usize,
+}
+
+/// One replica.
+pub struct Replica {
+    layout: Layout,
+    store: Arc<Store>,
+    links: Vec<Arc<PeerLink>>,
+    http: reqwest::Client,
+    max_value_bytes: usize,
+}
+
+/// Checks a key against the documented limits.
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidInput("the key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::TooLarge(format!(
+            "the key is {} bytes; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A value shortened for a log line.
+fn preview(v: &Version) -> String {
+    match &v.value {
+        None => "(delete)".to_string(),
+        Some(s) if s.chars().count() <= 24 => format!("{s:?}"),
+        Some(s) => format!("{:?}…", s.chars().take(24).collect::<String>()),
+    }
+}
+
+/// Local clocks for a log line: `(none)`, `[1, 0, 0]` or `{[1, 0, 0] ∥ [0, 1, 0]}`.
+fn show_clocks(clocks: &[VectorClock]) -> String {
+    match clocks {
+        [] => "(none)".to_string(),
+        [one] => one.to_string(),
+        many => format!("{{{}}}", many.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ∥ ")),
+    }
+}
+
+/// Background tasks of a replica, stopped together.
+pub struct Background {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Background {
+    /// Signals every task to stop and waits up to `grace` for them.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("background tasks did not stop within {grace:?}; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+impl Replica {
+    /// Opens the store and prepares (but does not start) the senders.
+    pub fn open(config: Config) -> Result<Arc<Replica>> {
+        let store = Store::open(&config.data_dir, &config.layout)?;
+        let links = config.layout.peers().map(|m| Arc::new(PeerLink::new(m.clone()))).collect();
+        Ok(Arc::new(Replica {
+            layout: config.layout,
+            store: Arc::new(store),
+            links,
+            http: peer_http_client(),
+            max_value_bytes: config.max_value_bytes,
+        }))
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.layout.self_id()
+    }
+
+    /// The cluster layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Longest value accepted, in bytes.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
+    /// Starts one sender per peer and announces this replica to its peers.
+    pub fn start(&self) -> Background {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for link in &self.links {
+            let sender = Sender::new(self.id(), self.store.clone(), link.clone(), self.http.clone());
+            tasks.spawn(sender.run(stop_rx.clone()));
+        }
+        let peers = self.layout.peers().cloned().collect();
+        let mut announce_stop = stop_rx;
+        let hello = announce(self.id(), peers, self.http.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = hello => {}
+                _ = announce_stop.changed() => {}
+            }
+        });
+        Background { stop, tasks }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+    }
+
+    fn check_context(&self, context: Option<&VectorClock>) -> Result<()> {
+        match context {
+            Some(c) if c.len() != self.layout.n() => Err(Error::InvalidInput(format!(
+                "context has {} counters; this cluster has N = {}",
+                c.len(),
+                self.layout.n()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_value(&self, value: &str) -> Result<()> {
+        if value.len() > self.max_value_bytes {
+            return Err(Error::TooLarge(format!(
+                "the value is {} bytes; the limit is {} (--max-value-bytes)",
+                value.len(),
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// A client write (`value = Some`) or delete (`None`) coordinated here. Returns the new clock
+    /// once the new version and the peers' outbox marks are committed to disk.
+    pub async fn write(&self, key: String, value: Option<String>, context: Option<VectorClock>) -> Result<VectorClock> {
+        validate_key(&key)?;
+        if let Some(v) = &value {
+            self.check_value(v)?;
+        }
+        self.check_context(context.as_ref())?;
+        let (n, position) = (self.layout.n(), self.layout.me().position());
+        let version_value = value.clone();
+        let store_key = key.clone();
+        let clock = self
+            .blocking(move |store| {
+                store.write_local(&store_key, |current| {
+                    let clock = current.next_clock(n, context.as_ref(), position).ok_or_else(|| {
+                        Error::InvalidInput("the context's counter is at its maximum; cannot advance it".into())
+                    })?;
+                    let version = Version { clock: clock.clone(), value: version_value };
+                    Ok((SiblingSet::single(version), clock))
+                })
+            })
+            .await?;
+        let what = match &value {
+            Some(v) => format!("client write {}", preview(&Version::value(v.clone(), clock.clone()))),
+            None => "client delete".to_string(),
+        };
+        info!("replica {} · key {key} · {what} → clock {clock}", self.id());
+        for link in &self.links {
+            link.wake();
+        }
+        Ok(clock)
+    }
+
+    /// The key's sibling set as stored here (empty if never written).
+    pub async fn read(&self, key: String) -> Result<SiblingSet> {
+        validate_key(&key)?;
+        self.blocking(move |store| store.get(&key)).await
+    }
+
+    /// Validates a whole peer batch, then merges it in one transaction and logs every decision.
+    pub async fn apply_replication(&self, request: ReplicateRequest) -> Result<ReplicateResponse> {
+        let from = request.from;
+        if from == self.id() || self.layout.member(from).is_none() {
+            return Err(Error::Conflict(format!(
+                "replication from {from}, which is not a peer of replica {} (members 1..={})",
+                self.id(),
+                self.layout.n()
+            )));
+        }
+        if request.entries.len() > MAX_BATCH_KEYS {
+            return Err(Error::TooLarge(format!(
+                "batch has {} keys; the limit is {MAX_BATCH_KEYS}",
+                request.entries.len()
+            )));
+        }
+        let mut entries = Vec::with_capacity(request.entries.len());
+        for entry in request.entries {
+            validate_key(&entry.key)?;
+            if entry.versions.is_empty() || entry.versions.len() > MAX_VERSIONS_PER_ENTRY {
+                return Err(Error::InvalidInput(format!(
+                    "key {:?} has {} versions; between 1 and {MAX_VERSIONS_PER_ENTRY} expected",
+                    entry.key,
+                    entry.versions.len()
+                )));
+            }
+            for v in &entry.versions {
+                self.check_context(Some(&v.clock))?;
+                if let Some(value) = &v.value {
+                    self.check_value(value)?;
+                }
+            }
+            entries.push((entry.key, entry.versions));
+        }
+        let keys = entries.len();
+        let incoming = entries.clone();
+        let records = self.blocking(move |store| store.merge_remote(&incoming)).await?;
+        let versions: Vec<&Version> = entries.iter().flat_map(|(_, vs)| vs.iter()).collect();
+        let mut changed = 0;
+        for (record, version) in records.iter().zip(versions) {
+            changed += usize::from(record.outcome.changed());
+            self.log_merge(from, record, version);
+        }
+        // The peer is evidently up: if our sender to it is backing off, let it retry now.
+        if let Some(link) = self.links.iter().find(|l| l.member.id == from) {
+            link.peer_is_up();
+        }
+        Ok(ReplicateResponse { keys, changed })
+    }
+
+    fn log_merge(&self, from: ReplicaId, r: &MergeRecord, v: &Version) {
+        let head = format!(
+            "replica {} · key {} · local {} vs received {} {} from replica {from} →",
+            self.id(),
+            r.key,
+            show_clocks(&r.local),
+            preview(v),
+            r.received
+        );
+        match r.outcome {
+            MergeOutcome::Created => info!("{head} new key, stored"),
+            MergeOutcome::Updated => info!("{head} no conflict, updated"),
+            MergeOutcome::Stale if r.local.contains(&r.received) => info!("{head} already up to date"),
+            MergeOutcome::Stale => info!("{head} no conflict, local is newer: ignored"),
+            MergeOutcome::Conflict { siblings } => warn!("{head} CONFLICT, kept {siblings} siblings"),
+        }
+    }
+
+    /// A peer announced it (re)started: skip the backoff toward it.
+    pub fn peer_hello(&self, from: ReplicaId) -> Result<()> {
+        let link = self.links.iter().find(|l| l.member.id == from).ok_or_else(|| {
+            Error::Conflict(format!("hello from {from}, which is not a peer of replica {}", self.id()))
+        })?;
+        info!("replica {} · replica {from} ({}) says it is up", self.id(), link.member.address());
+        link.peer_is_up();
+        Ok(())
+    }
+
+    /// Id, members, per-peer outbox depth and reachability (probed now), key count.
+    pub async fn status(&self) -> Result<StatusResponse> {
+        let mut probes = JoinSet::new();
+        for link in &self.links {
+            let (http, member) = (self.http.clone(), link.member.clone());
+            probes.spawn(async move {
+                let url = format!("http://{}/health", member.address());
+                let ok = http
+                    .get(url)
+                    .timeout(PROBE_TIMEOUT)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                (member.id, ok)
+            });
+        }
+        let mut reachable = std::collections::HashMap::new();
+        while let Some(Ok((id, ok))) = probes.join_next().await {
+            reachable.insert(id, ok);
+        }
+        let peer_ids: Vec<ReplicaId> = self.links.iter().map(|l| l.member.id).collect();
+        let (depths, keys) = self
+            .blocking(move |store| {
+                let depths = peer_ids
+                    .iter()
+                    .map(|&id| store.outbox_depth(id))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((depths, store.key_count()?))
+            })
+            .await?;
+        let peers = self
+            .links
+            .iter()
+            .zip(depths)
+            .map(|(link, outbox_depth)| PeerStatus {
+                id: link.member.id,
+                address: link.member.address(),
+                outbox_depth,
+                reachable: reachable.get(&link.member.id).copied().unwrap_or(false),
+            })
+            .collect();
+        Ok(StatusResponse {
+            replica: self.id(),
+            n: self.layout.n(),
+            members: self.layout.members().to_vec(),
+            peers,
+            keys,
+        })
+    }
+}

@@ -1,0 +1,278 @@
+//! Background propagation: one sender task per peer drains that peer's durable outbox.
+//!
+//! ```text
+//!            client write ──commit──► keys + outbox.<peer> marks ──wake──┐
+//!                                                                       ▼
+//!   ┌────────── sender(peer) ─────────────────────────────────────────────────────┐
+//!   │ idle ──work──► read batch (marks + current sets) ──POST /replicate──► peer │
+//!   │   ▲                                  │ ok: clear marks still unchanged       │
+//!   │   └──────── outbox empty ◄───────────┘ err: backoff (jittered, ≤ 1 s),        │
+//!   │                                           cut short when the peer says hello  │
+//!   └─────────────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! States a sender moves through, and what it logs: *idle* (nothing owed; waits for a write),
+//! *sending* (one line per delivered batch), *backing off* (one line when the peer goes down,
+//! one when it comes back — retries in between are counted, not printed).
+//!
+//! While backing off, new writes do not wake the sender (that would turn every write into a
+//! retry against a dead peer); only the backoff timer, a `hello` from the peer, or a replication
+//! request from it (proof it is up) do. Marks are durable, so a sender that is stopped — or a
+//! replica that crashes — mid-batch simply ships the batch again later; the receiver's merge is
+//! idempotent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+
+use crate::cluster::{Member, ReplicaId};
+use crate::error::{Error, Result};
+use crate::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
+use crate::store::{Pending, Store};
+
+/// First retry delay after a failure. Doubles per failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest retry delay. Low, so that a returning peer catches up within about a second even if
+/// its hello is lost; a dead peer costs one request per second per sender.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Sender batches stop growing past this many bytes of encoded sets.
+pub const BATCH_TARGET_BYTES: usize = MAX_REPLICATE_BODY_BYTES / 4;
+/// Time allowed for one replication request, connection included.
+pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to open a connection to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The signals one sender listens to. Shared by the sender and the replica that wakes it.
+pub struct PeerLink {
+    /// The peer this link ships to.
+    pub member: Member,
+    work: Notify,
+    peer_up: Notify,
+}
+
+impl PeerLink {
+    /// A link to `member`.
+    pub fn new(member: Member) -> Self {
+        PeerLink { member, work: Notify::new(), peer_up: Notify::new() }
+    }
+
+    /// New keys were queued for this peer.
+    pub fn wake(&self) {
+        self.work.notify_one();
+    }
+
+    /// The peer showed it is up (hello or replication from it): retry now, skipping backoff.
+    pub fn peer_is_up(&self) {
+        self.peer_up.notify_one();
+        self.work.notify_one();
+    }
+}
+
+/// A sender's view of its peer, for log transitions.
+enum PeerState {
+    Up,
+    Down { since: Instant, failures: u32 },
+}
+
+/// Builds the HTTP client senders and probes use: bounded connect and request times.
+pub fn peer_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REPLICATE_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .expect("a plain HTTP client always builds")
+}
+
+fn summarise(batch: &[Pending]) -> String {
+    const SHOWN: usize = 3;
+    let mut parts: Vec<String> = batch
+        .iter()
+        .take(SHOWN)
+        .map(|p| {
+            let clocks: Vec<String> = p.set.versions().iter().map(|v| v.clock.to_string()).collect();
+            format!("{} {}", p.key, clocks.join(" ∥ "))
+        })
+        .collect();
+    if batch.len() > SHOWN {
+        parts.push(format!("… {} more", batch.len() - SHOWN));
+    }
+    parts.join(", ")
+}
+
+/// The sender for one peer. Runs until `stop` turns true.
+pub struct Sender {
+    me: ReplicaId,
+    store: Arc<Store>,
+    link: Arc<PeerLink>,
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Sender {
+    /// A sender from replica `me` to the link's peer.
+    pub fn new(me: ReplicaId, store: Arc<Store>, link: Arc<PeerLink>, http: reqwest::Client) -> Self {
+        let url = format!("http://{}/replicate", link.member.address());
+        Sender { me, store, link, http, url }
+    }
+
+    async fn next_batch(&self) -> Result<Vec<Pending>> {
+        let store = self.store.clone();
+        let peer = self.link.member.id;
+        tokio::task::spawn_blocking(move || store.pending(peer, MAX_BATCH_KEYS, BATCH_TARGET_BYTES))
+            .await
+            .map_err(|e| Error::Storage(format!("outbox read task failed: {e}")))?
+    }
+
+    async fn ship(&self, batch: &[Pending]) -> std::result::Result<(), String> {
+        let request = ReplicateRequest {
+            from: self.me,
+            entries: batch
+                .iter()
+                .map(|p| ReplicateEntry { key: p.key.clone(), versions: p.set.versions().to_vec() })
+                .collect(),
+        };
+        let response = self.http.post(&self.url).json(&request).send().await.map_err(|e| {
+            if e.is_timeout() {
+                "timed out".to_string()
+            } else if e.is_connect() {
+                "connection refused or unreachable".to_string()
+            } else {
+                e.to_string()
+            }
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(format!("peer answered {status}: {}", body.trim()))
+    }
+
+    async fn acknowledge(&self, batch: &[Pending]) -> Result<usize> {
+        let store = self.store.clone();
+        let peer = self.link.member.id;
+        let delivered: Vec<(String, u64)> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
+        tokio::task::spawn_blocking(move || store.acknowledge(peer, &delivered))
+            .await
+            .map_err(|e| Error::Storage(format!("outbox update task failed: {e}")))?
+    }
+
+    /// Drains the outbox until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let peer = &self.link.member;
+        let (me, pid, addr) = (self.me, peer.id, peer.address());
+        let mut state = PeerState::Up;
+        let mut backoff = BACKOFF_MIN;
+        debug!("replica {me} → replica {pid}: sender started");
+        while !*stop.borrow() {
+            let batch = match self.next_batch().await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!("replica {me} → replica {pid}: cannot read outbox: {e}; retrying in {BACKOFF_MAX:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(BACKOFF_MAX) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.link.work.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let shipped = tokio::select! {
+                r = self.ship(&batch) => r,
+                _ = stop.changed() => break,
+            };
+            match shipped {
+                Ok(()) => {
+                    if let PeerState::Down { since, failures } = state {
+                        info!(
+                            "replica {me} → replica {pid} ({addr}) is reachable again after {:.1}s \
+                             and {failures} failed attempt(s); delivering queued keys",
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                    state = PeerState::Up;
+                    backoff = BACKOFF_MIN;
+                    match self.acknowledge(&batch).await {
+                        Ok(cleared) => info!(
+                            "replica {me} → replica {pid} · delivered {} key(s): {}{}",
+                            batch.len(),
+                            summarise(&batch),
+                            if cleared < batch.len() {
+                                format!(" ({} changed meanwhile, re-queued)", batch.len() - cleared)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        Err(e) => warn!("replica {me} → replica {pid}: delivered but cannot clear marks: {e}"),
+                    }
+                }
+                Err(reason) => {
+                    match &mut state {
+                        PeerState::Up => {
+                            let depth = self.store.outbox_depth(pid).unwrap_or(batch.len() as u64);
+                            warn!(
+                                "replica {me} → replica {pid} ({addr}) unreachable: {reason}; \
+                                 {depth} key(s) queued, retrying with backoff (≤ {BACKOFF_MAX:?})"
+                            );
+                            state = PeerState::Down { since: Instant::now(), failures: 1 };
+                        }
+                        PeerState::Down { failures, .. } => *failures += 1,
+                    }
+                    let half = backoff / 2;
+                    let jitter = rand::rng().random_range(Duration::ZERO..=half);
+                    let delay = half + jitter;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.link.peer_up.notified() => {
+                            debug!("replica {me} → replica {pid}: peer said it is up, retrying now");
+                            backoff = BACKOFF_MIN;
+                        }
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+        debug!("replica {me} → replica {pid}: sender stopped");
+    }
+}
+
+/// Tells every peer this replica has (re)started, so their senders skip their backoff.
+/// Best effort: a peer that is down will announce itself when it comes back.
+pub async fn announce(me: ReplicaId, peers: Vec<Member>, http: reqwest::Client) {
+    let mut calls = tokio::task::JoinSet::new();
+    for peer in peers {
+        let http = http.clone();
+        calls.spawn(async move {
+            let url = format!("http://{}/peer/hello", peer.address());
+            let body = crate::protocol::HelloRequest { from: me };
+            let ok = http
+                .post(url)
+                .timeout(CONNECT_TIMEOUT)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            (peer.id, ok)
+        });
+    }
+    let mut reached = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok((id, true)) = joined {
+            reached.push(id);
+        }
+    }
+    reached.sort();
+    info!("replica {me} announced itself; peers that answered: {reached:?}");
+}

@@ -1,0 +1,368 @@
+//! Durable state of one replica: the sibling sets and the per-peer outboxes, in one redb file.
+//!
+//! # Tables
+//!
+//! ```text
+//!   keys          key  → JSON sibling set        what GET serves
+//!   outbox.<id>   key  → mark (u64)              "peer <id> has not yet acknowledged this key"
+//!   meta          name → text                    cluster fingerprint and own address
+//!   counters      name → u64                     the mark sequence
+//! ```
+//!
+//! # Why marks carry a number
+//!
+//! A client write commits the key's new sibling set *and* a fresh mark (the next value of one
+//! sequence) in every peer's outbox, in one transaction, before the client hears "ok". A sender
+//! reads a batch of marks with the sets they point to, ships them, and on acknowledgement removes
+//! each mark **only if it still holds the number it read**. A write that landed while the batch
+//! was in flight left a newer number, so the key stays queued and its newer set ships next time.
+//! The outbox coalesces: ten writes to one key while a peer is down leave one mark.
+//!
+//! Everything here is synchronous; the replica calls it from `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::clock::VectorClock;
+use crate::cluster::{Layout, ReplicaId};
+use crate::error::{Error, Result};
+use crate::versions::{MergeOutcome, SiblingSet, Version};
+
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const MARK_SEQUENCE: &str = "mark_sequence";
+const DB_FILE: &str = "vkv.redb";
+
+fn outbox_name(peer: ReplicaId) -> String {
+    format!("outbox.{peer}")
+}
+
+/// One key a sender owes a peer: its current sibling set and the mark it was read with.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The key.
+    pub key: String,
+    /// The outbox mark read with the set; acknowledging clears it only if unchanged.
+    pub mark: u64,
+    /// The key's sibling set at read time.
+    pub set: SiblingSet,
+}
+
+/// The decision taken for one incoming version — what the replica logs.
+#[derive(Debug, Clone)]
+pub struct MergeRecord {
+    /// The key.
+    pub key: String,
+    /// The local clocks before the merge (empty for a new key).
+    pub local: Vec<VectorClock>,
+    /// The incoming version's clock.
+    pub received: VectorClock,
+    /// What the merge did.
+    pub outcome: MergeOutcome,
+}
+
+/// A replica's durable store.
+pub struct Store {
+    db: Database,
+    dir: PathBuf,
+    peers: Vec<ReplicaId>,
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<SiblingSet> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Storage(format!("stored entry for key {key:?} is corrupt: {e}")))
+}
+
+fn encode(set: &SiblingSet) -> Vec<u8> {
+    serde_json::to_vec(set).expect("a sibling set always serialises")
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` for this cluster layout. Refuses a dir that belongs
+    /// to a different cluster layout or to another member's address.
+    pub fn open(dir: &Path, layout: &Layout) -> Result<Store> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let db = Database::create(dir.join(DB_FILE)).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
+                "data dir {} is in use by another process",
+                dir.display()
+            )),
+            other => Error::Storage(format!("cannot open {}: {other}", dir.join(DB_FILE).display())),
+        })?;
+        let fingerprint = layout.fingerprint();
+        let me = layout.me().address();
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let stored = |name: &str| -> Result<Option<String>> {
+                Ok(meta.get(name)?.map(|g| g.value().to_string()))
+            };
+            match (stored("cluster")?, stored("self")?) {
+                (None, None) => {
+                    meta.insert("cluster", fingerprint.as_str())?;
+                    meta.insert("self", me.as_str())?;
+                }
+                (Some(c), Some(s)) if c == fingerprint && s == me => {}
+                (c, s) => {
+                    return Err(Error::Conflict(format!(
+                        "data dir {} belongs to member {} of cluster [{}], but this replica is {} of [{}]; \
+                         use another --data-dir",
+                        dir.display(),
+                        s.unwrap_or_default(),
+                        c.unwrap_or_default(),
+                        me,
+                        fingerprint
+                    )));
+                }
+            }
+            txn.open_table(KEYS)?;
+            txn.open_table(COUNTERS)?;
+            for peer in layout.peers() {
+                txn.open_table(TableDefinition::<&str, u64>::new(&outbox_name(peer.id)))?;
+            }
+        }
+        txn.commit()?;
+        Ok(Store { db, dir: dir.to_path_buf(), peers: layout.peers().map(|m| m.id).collect() })
+    }
+
+    /// The directory holding the store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The key's sibling set (empty if never written).
+    pub fn get(&self, key: &str) -> Result<SiblingSet> {
+        let txn = self.db.begin_read()?;
+        let keys = txn.open_table(KEYS)?;
+        match keys.get(key)? {
+            Some(bytes) => decode(key, bytes.value()),
+            None => Ok(SiblingSet::new()),
+        }
+    }
+
+    /// Applies a client write: `decide` gets the key's current set and returns the new one (or an
+    /// error, in which case nothing is written). The new set and a mark for every peer are
+    /// committed in one transaction; when this returns `Ok`, the write is on disk.
+    pub fn write_local<T>(
+        &self,
+        key: &str,
+        decide: impl FnOnce(&SiblingSet) -> Result<(SiblingSet, T)>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write()?;
+        let answer = {
+            let mut keys = txn.open_table(KEYS)?;
+            let current = match keys.get(key)? {
+                Some(bytes) => decode(key, bytes.value())?,
+                None => SiblingSet::new(),
+            };
+            let (next, answer) = decide(&current)?;
+            keys.insert(key, encode(&next).as_slice())?;
+            let mut counters = txn.open_table(COUNTERS)?;
+            let mark = counters.get(MARK_SEQUENCE)?.map(|g| g.value()).unwrap_or(0) + 1;
+            counters.insert(MARK_SEQUENCE, mark)?;
+            for &peer in &self.peers {
+                let name = outbox_name(peer);
+                let mut outbox = txn.open_table(TableDefinition::<&str, u64>::new(&name))?;
+                outbox.insert(key, mark)?;
+            }
+            answer
+        };
+        txn.commit()?;
+        Ok(answer)
+    }
+
+    /// Merges a peer's batch, all-or-nothing: every version of every entry is merged in one
+    /// transaction, which commits only if all succeed. Returns one record per incoming version.
+    pub fn merge_remote(&self, entries: &[(String, Vec<Version>)]) -> Result<Vec<MergeRecord>> {
+        let txn = self.db.begin_write()?;
+        let mut records = Vec::new();
+        {
+            let mut keys = txn.open_table(KEYS)?;
+            for (key, versions) in entries {
+                let mut set = match keys.get(key.as_str())? {
+                    Some(bytes) => decode(key, bytes.value())?,
+                    None => SiblingSet::new(),
+                };
+                let mut changed = false;
+                for v in versions {
+                    let local = set.versions().iter().map(|l| l.clock.clone()).collect();
+                    let received = v.clock.clone();
+                    let outcome = set.merge(v.clone());
+                    changed |= outcome.changed();
+                    records.push(MergeRecord { key: key.clone(), local, received, outcome });
+                }
+                if changed {
+                    keys.insert(key.as_str(), encode(&set).as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(records)
+    }
+
+    /// Up to `max_keys` keys owed to `peer`, stopping once their encoded sets pass `max_bytes`
+    /// (always at least one key, so a single large key still ships).
+    pub fn pending(&self, peer: ReplicaId, max_keys: usize, max_bytes: usize) -> Result<Vec<Pending>> {
+        let txn = self.db.begin_read()?;
+        let name = outbox_name(peer);
+        let outbox = txn.open_table(TableDefinition::<&str, u64>::new(&name))?;
+        let keys = txn.open_table(KEYS)?;
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for item in outbox.iter()? {
+            if batch.len() >= max_keys || (bytes >= max_bytes && !batch.is_empty()) {
+                break;
+            }
+            let (key, mark) = item?;
+            let key = key.value().to_string();
+            let Some(raw) = keys.get(key.as_str())? else {
+                continue; // cannot happen: marks are written with their key
+            };
+            bytes += raw.value().len();
+            let set = decode(&key, raw.value())?;
+            batch.push(Pending { key, mark: mark.value(), set });
+        }
+        Ok(batch)
+    }
+
+    /// Clears the marks `peer` acknowledged, each only if it still holds the number that was
+    /// read (a newer write keeps its key queued). Returns how many marks were cleared.
+    pub fn acknowledge(&self, peer: ReplicaId, delivered: &[(String, u64)]) -> Result<usize> {
+        let txn = self.db.begin_write()?;
+        let mut cleared = 0;
+        {
+            let name = outbox_name(peer);
+            let mut outbox = txn.open_table(TableDefinition::<&str, u64>::new(&name))?;
+            for (key, mark) in delivered {
+                let current = outbox.get(key.as_str())?.map(|g| g.value());
+                if current == Some(*mark) {
+                    outbox.remove(key.as_str())?;
+                    cleared += 1;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(cleared)
+    }
+
+    /// Number of keys owed to `peer`.
+    pub fn outbox_depth(&self, peer: ReplicaId) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        let name = outbox_name(peer);
+        Ok(txn.open_table(TableDefinition::<&str, u64>::new(&name))?.len()?)
+    }
+
+    /// Number of keys stored (tombstoned keys included).
+    pub fn key_count(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(KEYS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(port: u16) -> Layout {
+        let all = [7000u16, 7001, 7002];
+        let peers: Vec<u16> = all.iter().copied().filter(|p| *p != port).collect();
+        Layout::from_flags("127.0.0.1", port, 3, &vec!["127.0.0.1".into(); 2], &peers).unwrap()
+    }
+
+    fn put(store: &Store, key: &str, value: &str) -> VectorClock {
+        store
+            .write_local(key, |cur| {
+                let clock = cur.next_clock(3, None, 0).unwrap();
+                Ok((SiblingSet::single(Version::value(value, clock.clone())), clock))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn write_marks_every_peer_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &layout(7000)).unwrap();
+            assert_eq!(put(&store, "k", "v1"), VectorClock::from(vec![1, 0, 0]));
+            assert_eq!(put(&store, "k", "v2"), VectorClock::from(vec![2, 0, 0]));
+            assert_eq!(store.outbox_depth(2).unwrap(), 1, "ten writes, one mark");
+            assert_eq!(store.outbox_depth(3).unwrap(), 1);
+        }
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        assert_eq!(store.get("k").unwrap().versions()[0].value.as_deref(), Some("v2"));
+        assert_eq!(store.outbox_depth(2).unwrap(), 1);
+        assert_eq!(store.key_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn acknowledge_keeps_keys_written_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        put(&store, "a", "1");
+        put(&store, "b", "1");
+        let batch = store.pending(2, 10, usize::MAX).unwrap();
+        assert_eq!(batch.len(), 2);
+        put(&store, "b", "2"); // lands while the batch is "in flight"
+        let delivered: Vec<_> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
+        assert_eq!(store.acknowledge(2, &delivered).unwrap(), 1);
+        let left = store.pending(2, 10, usize::MAX).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].key, "b");
+        assert_eq!(left[0].set.versions()[0].value.as_deref(), Some("2"));
+        assert_eq!(store.outbox_depth(3).unwrap(), 2, "other peers are untouched");
+    }
+
+    #[test]
+    fn pending_respects_key_and_byte_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        for k in ["a", "b", "c", "d"] {
+            put(&store, k, "value");
+        }
+        assert_eq!(store.pending(2, 3, usize::MAX).unwrap().len(), 3);
+        assert_eq!(store.pending(2, 10, 1).unwrap().len(), 1, "at least one key ships");
+    }
+
+    #[test]
+    fn merge_remote_reports_each_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        put(&store, "k", "local"); // [1, 0, 0]
+        let vc = |c: &[u64]| VectorClock::from(c.to_vec());
+        let records = store
+            .merge_remote(&[
+                ("k".into(), vec![Version::value("newer", vc(&[2, 0, 0]))]),
+                ("k".into(), vec![Version::value("old", vc(&[1, 0, 0]))]),
+                ("k".into(), vec![Version::value("other", vc(&[0, 1, 0]))]),
+                ("fresh".into(), vec![Version::value("x", vc(&[0, 0, 1]))]),
+            ])
+            .unwrap();
+        let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                MergeOutcome::Updated,
+                MergeOutcome::Stale,
+                MergeOutcome::Conflict { siblings: 2 },
+                MergeOutcome::Created
+            ]
+        );
+        assert_eq!(records[0].local, vec![vc(&[1, 0, 0])]);
+        assert_eq!(store.get("k").unwrap().len(), 2);
+        assert_eq!(store.outbox_depth(2).unwrap(), 1, "merges do not queue anything");
+    }
+
+    #[test]
+    fn refuses_a_data_dir_of_another_layout_or_member() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), &layout(7000)).unwrap());
+        let err = Store::open(dir.path(), &layout(7001)).err().expect("must refuse");
+        assert!(err.to_string().contains("belongs to member 127.0.0.1:7000"), "{err}");
+        let other = Layout::from_flags("127.0.0.1", 7000, 2, &["127.0.0.1".into()], &[7009]).unwrap();
+        let err = Store::open(dir.path(), &other).err().expect("must refuse");
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
+    }
+}
