@@ -13,6 +13,7 @@
 //! ```text
 //!   api          HTTP edge: axum routes, JSON errors (server side)
 //!   client       typed reqwest client (CLI, driver, tests)
+//!   local        real vkv-server processes on loopback: start, stop, crash (driver, tests)
 //!   protocol     the JSON shapes both sides speak, and the documented limits
 //!   replica      the node: client writes, peer merges, logging of every decision, senders
 //!   replication  one background sender per peer, draining the durable outbox
@@ -40,6 +41,7 @@ pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod error;
+pub mod local;
 pub mod protocol;
 pub mod replica;
 pub mod replication;

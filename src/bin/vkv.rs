@@ -49,7 +49,7 @@ enum Command {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("responses serialise"));
+    println!("{}", serde_json::to_string(value).expect("responses serialise"));
 }
 
 fn show_read(r: &ReadResponse) {
