@@ -1,0 +1,262 @@
+//! The HTTP handlers through `oneshot`: no socket, a real redb store in a temp dir.
+//! Replica 1 of a 3-member cluster; senders are not started, so nothing leaves the process.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use vkv::api::app;
+use vkv::cluster::Layout;
+use vkv::replica::{Config, Replica};
+
+struct Fixture {
+    replica: Arc<Replica>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture_with_limit(max_value_bytes: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    // Privileged ports nobody listens on; this replica is 127.0.0.1:1 = replica 1.
+    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3])
+        .unwrap();
+    let replica = Replica::open(Config { layout, data_dir: dir.path().join("data"), max_value_bytes }).unwrap();
+    Fixture { replica, _dir: dir }
+}
+
+fn fixture() -> Fixture {
+    fixture_with_limit(1024)
+}
+
+impl Fixture {
+    async fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
+            .unwrap();
+        let response = app(self.replica.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{method} {uri}: body is not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    async fn put(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call("PUT", &format!("/kv/{key}"), Some(&body.to_string())).await
+    }
+
+    async fn get(&self, key: &str) -> (StatusCode, Value) {
+        self.call("GET", &format!("/kv/{key}"), None).await
+    }
+
+    /// Asserts `status` and an `{"error": "..."}` body mentioning `needle`.
+    async fn expect_error(&self, method: &str, uri: &str, body: Option<&str>, status: StatusCode, needle: &str) {
+        let (got, value) = self.call(method, uri, body).await;
+        assert_eq!(got, status, "{method} {uri} {body:?} → {value}");
+        let error = value["error"].as_str().unwrap_or_else(|| panic!("no error field: {value}"));
+        assert!(error.contains(needle), "error {error:?} should mention {needle:?}");
+    }
+}
+
+#[tokio::test]
+async fn put_then_get_returns_value_clock_and_context() {
+    let f = fixture();
+    let (status, body) = f.put("cart", json!({"value": "milk"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"key": "cart", "clock": [1, 0, 0], "replica": 1}));
+    let (status, body) = f.put("cart", json!({"value": "milk,eggs"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["clock"], json!([2, 0, 0]));
+    let (status, body) = f.get("cart").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"key": "cart", "versions": [{"value": "milk,eggs", "clock": [2, 0, 0]}], "context": [2, 0, 0]})
+    );
+}
+
+#[tokio::test]
+async fn write_clock_joins_the_context() {
+    let f = fixture();
+    let (_, body) = f.put("k", json!({"value": "a", "context": [0, 4, 2]})).await;
+    assert_eq!(body["clock"], json!([1, 4, 2]));
+}
+
+#[tokio::test]
+async fn absent_key_is_404_json() {
+    let f = fixture();
+    f.expect_error("GET", "/kv/nothing", None, StatusCode::NOT_FOUND, "not found").await;
+}
+
+#[tokio::test]
+async fn keys_are_percent_decoded() {
+    let f = fixture();
+    let (status, body) = f.put("a%20b%2Fc", json!({"value": "v"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["key"], "a b/c");
+    assert_eq!(f.get("a%20b%2Fc").await.1["key"], "a b/c");
+    f.expect_error("GET", "/kv/%FF", None, StatusCode::BAD_REQUEST, "bad key").await;
+}
+
+#[tokio::test]
+async fn bad_client_bodies_are_rejected_and_nothing_is_written() {
+    let f = fixture();
+    let cases: &[(&str, StatusCode, &str)] = &[
+        ("{not json", StatusCode::BAD_REQUEST, "invalid JSON"),
+        ("", StatusCode::BAD_REQUEST, "needs a JSON body"),
+        ("{}", StatusCode::BAD_REQUEST, "missing field `value`"),
+        (r#"{"value": 5}"#, StatusCode::BAD_REQUEST, "expected a string"),
+        (r#"{"value": "v", "extra": 1}"#, StatusCode::BAD_REQUEST, "unknown field"),
+        (r#"{"value": "v", "context": [1, 2]}"#, StatusCode::BAD_REQUEST, "N = 3"),
+        (r#"{"value": "v", "context": [1, -2, 0]}"#, StatusCode::BAD_REQUEST, "invalid JSON"),
+        (r#"{"value": "v", "context": [18446744073709551615, 0, 0]}"#, StatusCode::BAD_REQUEST, "maximum"),
+        (r#"{"value": "v", "context": "1,2,3"}"#, StatusCode::BAD_REQUEST, "invalid JSON"),
+    ];
+    for (body, status, needle) in cases {
+        f.expect_error("PUT", "/kv/k", Some(body), *status, needle).await;
+    }
+    f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
+    assert_eq!(f.replica.status().await.unwrap().keys, 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn size_limits_are_enforced_with_413() {
+    let f = fixture_with_limit(16);
+    let long_key = "k".repeat(vkv::protocol::MAX_KEY_BYTES + 1);
+    f.expect_error("PUT", &format!("/kv/{long_key}"), Some(r#"{"value": "v"}"#), StatusCode::PAYLOAD_TOO_LARGE, "key")
+        .await;
+    let (status, _) = f.put(&"k".repeat(vkv::protocol::MAX_KEY_BYTES), json!({"value": "v"})).await;
+    assert_eq!(status, StatusCode::OK, "a key at the limit is fine");
+    f.expect_error("PUT", "/kv/v", Some(&json!({"value": "x".repeat(17)}).to_string()), StatusCode::PAYLOAD_TOO_LARGE, "limit is 16")
+        .await;
+    let (status, _) = f.put("v", json!({"value": "x".repeat(16)})).await;
+    assert_eq!(status, StatusCode::OK, "a value at the limit is fine");
+    // A body far beyond the limit is cut off before parsing, still with a JSON error.
+    let huge = json!({"value": "x".repeat(200_000)}).to_string();
+    f.expect_error("PUT", "/kv/w", Some(&huge), StatusCode::PAYLOAD_TOO_LARGE, "too large").await;
+    f.expect_error("GET", "/kv/w", None, StatusCode::NOT_FOUND, "not found").await;
+}
+
+#[tokio::test]
+async fn delete_writes_a_tombstone_that_reads_as_404() {
+    let f = fixture();
+    f.put("k", json!({"value": "v"})).await;
+    let (status, body) = f.call("DELETE", "/kv/k", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["clock"], json!([2, 0, 0]));
+    f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
+    let (status, body) = f.call("DELETE", "/kv/k", Some(r#"{"context": [5, 0, 0]}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["clock"], json!([6, 0, 0]));
+    f.expect_error("DELETE", "/kv/k", Some("{bad"), StatusCode::BAD_REQUEST, "invalid JSON").await;
+    f.expect_error("DELETE", "/kv/k", Some(r#"{"context": [1]}"#), StatusCode::BAD_REQUEST, "N = 3").await;
+    // A write after a delete supersedes the tombstone.
+    let (_, body) = f.put("k", json!({"value": "back"})).await;
+    assert_eq!(body["clock"], json!([7, 0, 0]));
+}
+
+fn batch(from: u32, entries: Value) -> String {
+    json!({"from": from, "entries": entries}).to_string()
+}
+
+#[tokio::test]
+async fn replicate_merges_by_clock_and_reports() {
+    let f = fixture();
+    f.put("k", json!({"value": "local"})).await; // [1, 0, 0]
+    let body = batch(2, json!([
+        {"key": "k", "versions": [{"value": "remote", "clock": [0, 1, 0]}]},
+        {"key": "new", "versions": [{"value": "n", "clock": [0, 1, 0]}]},
+    ]));
+    let (status, resp) = f.call("POST", "/replicate", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp, json!({"keys": 2, "changed": 2}));
+    let (_, read) = f.get("k").await;
+    assert_eq!(read["versions"].as_array().unwrap().len(), 2, "concurrent → siblings: {read}");
+    assert_eq!(read["context"], json!([1, 1, 0]));
+    // Replaying the same batch changes nothing (idempotent).
+    let (_, resp) = f.call("POST", "/replicate", Some(&body)).await;
+    assert_eq!(resp["changed"], 0);
+    // A client write with the read context resolves the conflict.
+    let (_, w) = f.put("k", json!({"value": "merged", "context": [1, 1, 0]})).await;
+    assert_eq!(w["clock"], json!([2, 1, 0]));
+    let (_, read) = f.get("k").await;
+    assert_eq!(read["versions"], json!([{"value": "merged", "clock": [2, 1, 0]}]));
+    // A tombstone sibling is shown as deleted.
+    let body = batch(3, json!([{"key": "k", "versions": [{"deleted": true, "clock": [0, 0, 1]}]}]));
+    f.call("POST", "/replicate", Some(&body)).await;
+    let (_, read) = f.get("k").await;
+    assert_eq!(read["versions"], json!([{"deleted": true, "clock": [0, 0, 1]}, {"value": "merged", "clock": [2, 1, 0]}]));
+}
+
+#[tokio::test]
+async fn bad_replication_batches_apply_nothing() {
+    let f = fixture();
+    let good = json!({"key": "good", "versions": [{"value": "g", "clock": [0, 1, 0]}]});
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        (batch(1, json!([good])), StatusCode::CONFLICT, "not a peer"),
+        (batch(9, json!([good])), StatusCode::CONFLICT, "not a peer"),
+        (batch(2, json!([good, {"key": "bad", "versions": [{"value": "b", "clock": [1, 1]}]}])), StatusCode::BAD_REQUEST, "N = 3"),
+        (batch(2, json!([good, {"key": "bad", "versions": []}])), StatusCode::BAD_REQUEST, "versions"),
+        (batch(2, json!([good, {"key": "", "versions": [{"value": "b", "clock": [0, 1, 0]}]}])), StatusCode::BAD_REQUEST, "empty"),
+        (
+            batch(2, json!([good, {"key": "bad", "versions": [{"value": "b", "deleted": true, "clock": [0, 1, 0]}]}])),
+            StatusCode::BAD_REQUEST,
+            "either a value or deleted",
+        ),
+        (
+            batch(2, json!([good, {"key": "bad", "versions": [{"value": "x".repeat(2000), "clock": [0, 1, 0]}]}])),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit",
+        ),
+        (r#"{"from": 2}"#.to_string(), StatusCode::BAD_REQUEST, "missing field `entries`"),
+        ("[]".to_string(), StatusCode::BAD_REQUEST, "invalid JSON"),
+    ];
+    for (body, status, needle) in &cases {
+        f.expect_error("POST", "/replicate", Some(body), *status, needle).await;
+    }
+    let too_many: Vec<Value> = (0..=vkv::protocol::MAX_BATCH_KEYS)
+        .map(|i| json!({"key": format!("k{i}"), "versions": [{"value": "v", "clock": [0, 1, 0]}]}))
+        .collect();
+    f.expect_error("POST", "/replicate", Some(&batch(2, json!(too_many))), StatusCode::PAYLOAD_TOO_LARGE, "batch")
+        .await;
+    f.expect_error("GET", "/kv/good", None, StatusCode::NOT_FOUND, "not found").await;
+    assert_eq!(f.replica.status().await.unwrap().keys, 0, "no batch was half-applied");
+}
+
+#[tokio::test]
+async fn health_status_and_hello() {
+    let f = fixture();
+    let (status, body) = f.call("GET", "/health", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    f.put("a", json!({"value": "1"})).await;
+    f.put("b", json!({"value": "1"})).await;
+    f.put("a", json!({"value": "2"})).await;
+    let (status, body) = f.call("GET", "/status", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["replica"], 1);
+    assert_eq!(body["n"], 3);
+    assert_eq!(body["keys"], 2);
+    assert_eq!(body["members"][2], json!({"id": 3, "host": "127.0.0.1", "port": 3}));
+    assert_eq!(body["peers"][0], json!({"id": 2, "address": "127.0.0.1:2", "outbox_depth": 2, "reachable": false}));
+    let (status, _) = f.call("POST", "/peer/hello", Some(r#"{"from": 2}"#)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    f.expect_error("POST", "/peer/hello", Some(r#"{"from": 1}"#), StatusCode::CONFLICT, "not a peer").await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let f = fixture();
+    f.expect_error("GET", "/nope", None, StatusCode::NOT_FOUND, "no such route").await;
+    f.expect_error("GET", "/kv/", None, StatusCode::NOT_FOUND, "no such route").await;
+    f.expect_error("POST", "/kv/k", Some("{}"), StatusCode::METHOD_NOT_ALLOWED, "method").await;
+}

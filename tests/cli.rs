@@ -1,0 +1,152 @@
+//! The two binaries as a user runs them: flags, exit codes, human and JSON output, shutdown.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use vkv::local::{free_ports, LocalCluster, Stop};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_vkv-server");
+const CLI: &str = env!("CARGO_BIN_EXE_vkv");
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Every malformed cluster description is refused with exit code 2 and a message naming the flag.
+#[test]
+fn server_rejects_bad_flags_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--port", "7000", "-N", "3", "--hosts", "127.0.0.1", "--ports", "7001"], "-N is 3"),
+        (&["--port", "7000", "-N", "3", "--hosts", "127.0.0.1,127.0.0.1", "--ports", "7001"], "--ports"),
+        (&["--port", "7000", "-N", "3", "--hosts", "127.0.0.1,127.0.0.1", "--ports", "7001,7001"], "twice"),
+        (&["--port", "7000", "-N", "2", "--hosts", "127.0.0.1", "--ports", "7000"], "own address"),
+        (&["--port", "7000", "-N", "2", "--hosts", "bad host!", "--ports", "7001"], "--hosts"),
+        (&["--port", "70000", "-N", "1"], "--port"),
+        (&["-N", "1"], "--port"),
+        (&["--port", "7000", "-N", "1", "--max-value-bytes", "0"], "--max-value-bytes"),
+        (&["--port", "7000", "-N", "2", "--hosts", "127.0.0.1", "--ports", "x"], "--ports"),
+    ];
+    for (args, needle) in cases {
+        let out = run(SERVER, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} → {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} should mention {needle:?}");
+    }
+}
+
+/// A data dir remembers its cluster: starting another layout on it is refused, nothing touched.
+#[test]
+fn server_refuses_a_data_dir_of_another_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2).unwrap();
+    let mut cluster = LocalCluster::new(SERVER, ports.clone(), dir.path());
+    cluster.start(1).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(cluster.wait_healthy(1, Duration::from_secs(10))).unwrap();
+    cluster.stop(1, Stop::Clean).unwrap();
+    let data = cluster.data_dir(1).to_str().unwrap().to_string();
+    let port = ports[0].to_string();
+    let out = run(SERVER, &["--port", &port, "-N", "2", "--hosts", "127.0.0.1", "--ports", "1", "--data-dir", &data]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("belongs to member"), "{}", text(&out.stderr));
+}
+
+/// SIGTERM: the replica stops accepting, stops its senders, closes the store and exits 0.
+#[test]
+fn server_shuts_down_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1).unwrap()[0].to_string();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(SERVER)
+        .args(["--port", &port, "-N", "1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = vkv::client::Client::new(&format!("127.0.0.1:{port}")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for _ in 0..400 {
+            if client.healthy().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        client.put("k", "v", None).await.unwrap();
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains("SIGTERM received") && log.contains("stopped cleanly"), "{log}");
+}
+
+/// The client CLI: put/get/delete/status, human and --json output, and its exit codes
+/// (1 not found, 2 bad input, 3 unreachable). A conflict is shown loudly with its resolution.
+#[test]
+fn cli_reads_writes_and_flags_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::new(SERVER, free_ports(2).unwrap(), dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    cluster.start_all().unwrap();
+    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
+    let (a1, a2) = (cluster.address(1), cluster.address(2));
+    let cli = |args: &[&str]| run(CLI, args);
+
+    let out = cli(&["--server", &a1, "put", "cart", "milk"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), "wrote \"cart\" at replica 1 · clock [1, 0]");
+    let out = cli(&["--server", &a1, "get", "cart"]);
+    assert_eq!(text(&out.stdout).trim(), "milk  clock [1, 0]");
+    let out = cli(&["--server", &a1, "--json", "get", "cart"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["versions"][0]["clock"], serde_json::json!([1, 0]));
+
+    let out = cli(&["--server", &a1, "get", "missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not found"));
+    let out = cli(&["--server", &a1, "put", "cart", "x", "--context", "1,2,3"]);
+    assert_eq!(out.status.code(), Some(2), "server rejected the context");
+    assert!(text(&out.stderr).contains("N = 2"), "{}", text(&out.stderr));
+    let out = cli(&["--server", &a1, "put", "cart", "x", "--context", "a,b"]);
+    assert_eq!(out.status.code(), Some(2), "clap rejected the context");
+    let out = cli(&["--server", "ftp://nowhere", "get", "k"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Make a conflict: replica 2 down while 1 writes; 1 down while 2 writes.
+    cluster.stop(2, Stop::Clean).unwrap();
+    let out = cli(&["--server", &a1, "status"]);
+    assert!(text(&out.stdout).contains("UNREACHABLE · outbox 0"), "{}", text(&out.stdout));
+    cli(&["--server", &a1, "put", "cart", "milk,eggs"]);
+    let out = cli(&["--server", &a1, "status"]);
+    assert!(text(&out.stdout).contains("UNREACHABLE · outbox 1"), "{}", text(&out.stdout));
+    cluster.stop(1, Stop::Clean).unwrap();
+    let out = cli(&["--server", &a1, "get", "cart"]);
+    assert_eq!(out.status.code(), Some(3), "replica 1 is down");
+    cluster.start(2).unwrap();
+    rt.block_on(cluster.wait_healthy(2, Duration::from_secs(10))).unwrap();
+    cli(&["--server", &a2, "put", "cart", "milk,flour"]);
+    cluster.start(1).unwrap();
+    rt.block_on(cluster.wait_healthy(1, Duration::from_secs(10))).unwrap();
+    let mut shown = String::new();
+    for _ in 0..200 {
+        shown = text(&cli(&["--server", &a2, "get", "cart"]).stdout);
+        if shown.contains("CONFLICT") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(shown.contains("CONFLICT: key \"cart\" has 2 concurrent versions"), "{shown}");
+    assert!(shown.contains("\"milk,eggs\"  clock [2, 0]") && shown.contains("\"milk,flour\"  clock [1, 1]"), "{shown}");
+    assert!(shown.contains("--context 2,1"), "{shown}");
+    let out = cli(&["--server", &a2, "put", "cart", "milk,eggs,flour", "--context", "2,1"]);
+    assert_eq!(text(&out.stdout).trim(), "wrote \"cart\" at replica 2 · clock [2, 2]");
+    let out = cli(&["--server", &a2, "delete", "cart"]);
+    assert_eq!(text(&out.stdout).trim(), "deleted \"cart\" at replica 2 · clock [2, 3]");
+    assert_eq!(cli(&["--server", &a2, "get", "cart"]).status.code(), Some(1));
+}
