@@ -74,7 +74,10 @@ fn parse<T: DeserializeOwned>(body: &Bytes, empty: Option<T>) -> Result<T, AppEr
 
 type Shared = State<Arc<Replica>>;
 
-async fn read_key(State(replica): Shared, key: Result<Path<String>, PathRejection>) -> Result<Json<ReadResponse>, AppError> {
+async fn read_key(
+    State(replica): Shared,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<ReadResponse>, AppError> {
     let Path(key) = key.map_err(from_path)?;
     let set = replica.read(key.clone()).await?;
     if set.is_deleted() {
@@ -145,10 +148,7 @@ pub fn client_body_limit(max_value_bytes: usize) -> usize {
 pub fn app(replica: Arc<Replica>) -> Router {
     let client_limit = client_body_limit(replica.max_value_bytes());
     Router::new()
-        .route(
-            "/kv/{key}",
-            get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)),
-        )
+        .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
         .route("/replicate", post(replicate).layer(DefaultBodyLimit::max(MAX_REPLICATE_BODY_BYTES)))
         .route("/peer/hello", post(hello))
         .route("/health", get(health))

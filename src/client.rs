@@ -88,11 +88,7 @@ impl Client {
 
     fn key_url(&self, key: &str) -> Url {
         let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("checked in new: the URL can be a base")
-            .clear()
-            .push("kv")
-            .push(key);
+        url.path_segments_mut().expect("checked in new: the URL can be a base").clear().push("kv").push(key);
         url
     }
 
@@ -102,16 +98,20 @@ impl Client {
         url
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder, url: &Url) -> Result<Option<T>, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &Url,
+    ) -> Result<Option<T>, ClientError> {
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             url: url.to_string(),
             reason: if e.is_timeout() { "timed out".into() } else { e.to_string() },
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.to_string(), reason: e.to_string() })?;
         if status == StatusCode::NOT_FOUND && url.path().starts_with("/kv/") {
             return Ok(None);
         }
@@ -142,7 +142,12 @@ impl Client {
     }
 
     /// Writes a value, superseding `context` (pass the context read to resolve a conflict).
-    pub async fn put(&self, key: &str, value: &str, context: Option<VectorClock>) -> Result<WriteResponse, ClientError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        value: &str,
+        context: Option<VectorClock>,
+    ) -> Result<WriteResponse, ClientError> {
         let url = self.key_url(key);
         let body = WriteRequest { value: value.to_string(), context };
         Self::expect_found(self.send(self.http.put(url.clone()).json(&body), &url).await?)

@@ -91,13 +91,7 @@ fn check_host(flag: &'static str, host: &str) -> Result<(), LayoutError> {
 
 impl Layout {
     /// Builds the layout from the server's flags, validating them.
-    pub fn from_flags(
-        host: &str,
-        port: u16,
-        n: usize,
-        hosts: &[String],
-        ports: &[u16],
-    ) -> Result<Layout, LayoutError> {
+    pub fn from_flags(host: &str, port: u16, n: usize, hosts: &[String], ports: &[u16]) -> Result<Layout, LayoutError> {
         if n == 0 || n > MAX_REPLICAS {
             return Err(LayoutError::BadN { n, max: MAX_REPLICAS });
         }
@@ -178,11 +172,7 @@ impl Layout {
 
     /// The member order for the startup log: `1=127.0.0.1:7000, 2=127.0.0.1:7001, …`.
     pub fn describe(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("{}={}", m.id, m.address()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.members.iter().map(|m| format!("{}={}", m.id, m.address())).collect::<Vec<_>>().join(", ")
     }
 }
 

@@ -43,10 +43,8 @@ pub struct LocalCluster {
 pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let listeners: Vec<TcpListener> =
         (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
-    let mut ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<_>>()?;
+    let mut ports: Vec<u16> =
+        listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<std::io::Result<_>>()?;
     ports.sort_unstable();
     Ok(ports)
 }
@@ -186,10 +184,7 @@ impl LocalCluster {
                 return Ok(());
             }
             if !self.is_running(id) {
-                return Err(format!(
-                    "replica {id} exited during startup; see {}",
-                    self.log_path(id).display()
-                ));
+                return Err(format!("replica {id} exited during startup; see {}", self.log_path(id).display()));
             }
             if Instant::now() > deadline {
                 return Err(format!("replica {id} not healthy after {timeout:?}"));

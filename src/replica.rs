@@ -56,10 +56,7 @@ pub fn validate_key(key: &str) -> Result<()> {
         return Err(Error::InvalidInput("the key must not be empty".into()));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(Error::TooLarge(format!(
-            "the key is {} bytes; the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )));
+        return Err(Error::TooLarge(format!("the key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
     }
     Ok(())
 }
@@ -92,10 +89,7 @@ impl Background {
     /// Signals every task to stop and waits up to `grace` for them.
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(grace, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!("background tasks did not stop within {grace:?}; aborting them");
             self.tasks.abort_all();
@@ -152,10 +146,7 @@ impl Replica {
         Background { stop, tasks }
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || work(&store))
             .await
@@ -308,13 +299,8 @@ impl Replica {
             let (http, member) = (self.http.clone(), link.member.clone());
             probes.spawn(async move {
                 let url = format!("http://{}/health", member.address());
-                let ok = http
-                    .get(url)
-                    .timeout(PROBE_TIMEOUT)
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
+                let ok =
+                    http.get(url).timeout(PROBE_TIMEOUT).send().await.map(|r| r.status().is_success()).unwrap_or(false);
                 (member.id, ok)
             });
         }
@@ -325,10 +311,7 @@ impl Replica {
         let peer_ids: Vec<ReplicaId> = self.links.iter().map(|l| l.member.id).collect();
         let (depths, keys) = self
             .blocking(move |store| {
-                let depths = peer_ids
-                    .iter()
-                    .map(|&id| store.outbox_depth(id))
-                    .collect::<Result<Vec<_>>>()?;
+                let depths = peer_ids.iter().map(|&id| store.outbox_depth(id)).collect::<Result<Vec<_>>>()?;
                 Ok((depths, store.key_count()?))
             })
             .await?;

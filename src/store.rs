@@ -71,8 +71,7 @@ pub struct Store {
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<SiblingSet> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::Storage(format!("stored entry for key {key:?} is corrupt: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("stored entry for key {key:?} is corrupt: {e}")))
 }
 
 fn encode(set: &SiblingSet) -> Vec<u8> {
@@ -86,10 +85,9 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
         let db = Database::create(dir.join(DB_FILE)).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable(format!(
-                "data dir {} is in use by another process",
-                dir.display()
-            )),
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                Error::Unavailable(format!("data dir {} is in use by another process", dir.display()))
+            }
             other => Error::Storage(format!("cannot open {}: {other}", dir.join(DB_FILE).display())),
         })?;
         let fingerprint = layout.fingerprint();
@@ -97,9 +95,7 @@ impl Store {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            let stored = |name: &str| -> Result<Option<String>> {
-                Ok(meta.get(name)?.map(|g| g.value().to_string()))
-            };
+            let stored = |name: &str| -> Result<Option<String>> { Ok(meta.get(name)?.map(|g| g.value().to_string())) };
             match (stored("cluster")?, stored("self")?) {
                 (None, None) => {
                     meta.insert("cluster", fingerprint.as_str())?;
@@ -146,11 +142,7 @@ impl Store {
     /// Applies a client write: `decide` gets the key's current set and returns the new one (or an
     /// error, in which case nothing is written). The new set and a mark for every peer are
     /// committed in one transaction; when this returns `Ok`, the write is on disk.
-    pub fn write_local<T>(
-        &self,
-        key: &str,
-        decide: impl FnOnce(&SiblingSet) -> Result<(SiblingSet, T)>,
-    ) -> Result<T> {
+    pub fn write_local<T>(&self, key: &str, decide: impl FnOnce(&SiblingSet) -> Result<(SiblingSet, T)>) -> Result<T> {
         let txn = self.db.begin_write()?;
         let answer = {
             let mut keys = txn.open_table(KEYS)?;

@@ -319,11 +319,9 @@ mod tests {
 
     #[test]
     fn wire_format_round_trips_and_rejects_ambiguity() {
-        let json = serde_json::to_string(&SiblingSet::from_versions([
-            val("milk", &[1, 0]),
-            Version::tombstone(vc(&[0, 1])),
-        ]))
-        .unwrap();
+        let json =
+            serde_json::to_string(&SiblingSet::from_versions([val("milk", &[1, 0]), Version::tombstone(vc(&[0, 1]))]))
+                .unwrap();
         assert_eq!(json, r#"[{"deleted":true,"clock":[0,1]},{"value":"milk","clock":[1,0]}]"#);
         let back: SiblingSet = serde_json::from_str(&json).unwrap();
         assert_eq!(back.len(), 2);
@@ -386,9 +384,7 @@ mod tests {
     fn is_antichain(set: &SiblingSet) -> bool {
         let vs = set.versions();
         vs.iter().enumerate().all(|(i, a)| {
-            vs.iter().enumerate().all(|(j, b)| {
-                i == j || a.clock.compare(&b.clock) == Causality::Concurrent
-            })
+            vs.iter().enumerate().all(|(j, b)| i == j || a.clock.compare(&b.clock) == Causality::Concurrent)
         })
     }
 

@@ -21,8 +21,7 @@ struct Fixture {
 fn fixture_with_limit(max_value_bytes: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     // Privileged ports nobody listens on; this replica is 127.0.0.1:1 = replica 1.
-    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3])
-        .unwrap();
+    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
     let replica = Replica::open(Config { layout, data_dir: dir.path().join("data"), max_value_bytes }).unwrap();
     Fixture { replica, _dir: dir }
 }
@@ -45,8 +44,9 @@ impl Fixture {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("{method} {uri}: body is not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("{method} {uri}: body is not JSON ({e}): {:?}", String::from_utf8_lossy(&bytes))
+            })
         };
         (status, value)
     }
@@ -137,8 +137,14 @@ async fn size_limits_are_enforced_with_413() {
         .await;
     let (status, _) = f.put(&"k".repeat(vkv::protocol::MAX_KEY_BYTES), json!({"value": "v"})).await;
     assert_eq!(status, StatusCode::OK, "a key at the limit is fine");
-    f.expect_error("PUT", "/kv/v", Some(&json!({"value": "x".repeat(17)}).to_string()), StatusCode::PAYLOAD_TOO_LARGE, "limit is 16")
-        .await;
+    f.expect_error(
+        "PUT",
+        "/kv/v",
+        Some(&json!({"value": "x".repeat(17)}).to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "limit is 16",
+    )
+    .await;
     let (status, _) = f.put("v", json!({"value": "x".repeat(16)})).await;
     assert_eq!(status, StatusCode::OK, "a value at the limit is fine");
     // A body far beyond the limit is cut off before parsing, still with a JSON error.
@@ -173,10 +179,13 @@ fn batch(from: u32, entries: Value) -> String {
 async fn replicate_merges_by_clock_and_reports() {
     let f = fixture();
     f.put("k", json!({"value": "local"})).await; // [1, 0, 0]
-    let body = batch(2, json!([
-        {"key": "k", "versions": [{"value": "remote", "clock": [0, 1, 0]}]},
-        {"key": "new", "versions": [{"value": "n", "clock": [0, 1, 0]}]},
-    ]));
+    let body = batch(
+        2,
+        json!([
+            {"key": "k", "versions": [{"value": "remote", "clock": [0, 1, 0]}]},
+            {"key": "new", "versions": [{"value": "n", "clock": [0, 1, 0]}]},
+        ]),
+    );
     let (status, resp) = f.call("POST", "/replicate", Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
     assert_eq!(resp, json!({"keys": 2, "changed": 2}));
@@ -195,7 +204,10 @@ async fn replicate_merges_by_clock_and_reports() {
     let body = batch(3, json!([{"key": "k", "versions": [{"deleted": true, "clock": [0, 0, 1]}]}]));
     f.call("POST", "/replicate", Some(&body)).await;
     let (_, read) = f.get("k").await;
-    assert_eq!(read["versions"], json!([{"deleted": true, "clock": [0, 0, 1]}, {"value": "merged", "clock": [2, 1, 0]}]));
+    assert_eq!(
+        read["versions"],
+        json!([{"deleted": true, "clock": [0, 0, 1]}, {"value": "merged", "clock": [2, 1, 0]}])
+    );
 }
 
 #[tokio::test]
@@ -205,9 +217,17 @@ async fn bad_replication_batches_apply_nothing() {
     let cases: Vec<(String, StatusCode, &str)> = vec![
         (batch(1, json!([good])), StatusCode::CONFLICT, "not a peer"),
         (batch(9, json!([good])), StatusCode::CONFLICT, "not a peer"),
-        (batch(2, json!([good, {"key": "bad", "versions": [{"value": "b", "clock": [1, 1]}]}])), StatusCode::BAD_REQUEST, "N = 3"),
+        (
+            batch(2, json!([good, {"key": "bad", "versions": [{"value": "b", "clock": [1, 1]}]}])),
+            StatusCode::BAD_REQUEST,
+            "N = 3",
+        ),
         (batch(2, json!([good, {"key": "bad", "versions": []}])), StatusCode::BAD_REQUEST, "versions"),
-        (batch(2, json!([good, {"key": "", "versions": [{"value": "b", "clock": [0, 1, 0]}]}])), StatusCode::BAD_REQUEST, "empty"),
+        (
+            batch(2, json!([good, {"key": "", "versions": [{"value": "b", "clock": [0, 1, 0]}]}])),
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
         (
             batch(2, json!([good, {"key": "bad", "versions": [{"value": "b", "deleted": true, "clock": [0, 1, 0]}]}])),
             StatusCode::BAD_REQUEST,

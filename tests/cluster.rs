@@ -20,8 +20,7 @@ struct TestCluster {
 impl TestCluster {
     async fn start() -> TestCluster {
         let root = tempfile::tempdir().unwrap();
-        let mut cluster =
-            LocalCluster::new(env!("CARGO_BIN_EXE_vkv-server"), free_ports(N).unwrap(), root.path());
+        let mut cluster = LocalCluster::new(env!("CARGO_BIN_EXE_vkv-server"), free_ports(N).unwrap(), root.path());
         cluster.start_all().unwrap();
         let t = TestCluster { cluster, _root: root };
         t.check(t_wait_all(&t).await);

@@ -92,9 +92,8 @@ async fn main() -> ExitCode {
     if args.max_value_bytes == 0 {
         return usage_error("--max-value-bytes must be at least 1");
     }
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from("vkv-data").join(format!("{}-{}", args.host, args.port)));
+    let data_dir =
+        args.data_dir.unwrap_or_else(|| PathBuf::from("vkv-data").join(format!("{}-{}", args.host, args.port)));
     let listen = args.listen.map(|a| a.to_string()).unwrap_or_else(|| layout.me().address());
 
     let replica = match Replica::open(Config {
@@ -124,9 +123,7 @@ async fn main() -> ExitCode {
         data_dir.display()
     );
     let background = replica.start();
-    let served = axum::serve(listener, vkv::api::app(replica.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = axum::serve(listener, vkv::api::app(replica.clone())).with_graceful_shutdown(shutdown_signal()).await;
     info!("replica {} stopped accepting requests; stopping senders", layout.self_id());
     background.stop(Duration::from_secs(5)).await;
     drop(replica);

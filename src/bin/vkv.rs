@@ -107,7 +107,11 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Get { key } => match client.get(&key).await {
             Ok(Some(r)) => {
-                if cli.json { print_json(&r) } else { show_read(&r) }
+                if cli.json {
+                    print_json(&r)
+                } else {
+                    show_read(&r)
+                }
                 Ok(())
             }
             Ok(None) => {
@@ -124,14 +128,14 @@ async fn main() -> ExitCode {
             .put(&key, &value, context.map(VectorClock::from))
             .await
             .map(|w| if cli.json { print_json(&w) } else { show_write(&w, "wrote") }),
-        Command::Delete { key, context } => client
-            .delete(&key, context.map(VectorClock::from))
-            .await
-            .map(|w| if cli.json { print_json(&w) } else { show_write(&w, "deleted") }),
-        Command::Status => client
-            .status()
-            .await
-            .map(|s| if cli.json { print_json(&s) } else { show_status(&s) }),
+        Command::Delete { key, context } => client.delete(&key, context.map(VectorClock::from)).await.map(|w| {
+            if cli.json {
+                print_json(&w)
+            } else {
+                show_write(&w, "deleted")
+            }
+        }),
+        Command::Status => client.status().await.map(|s| if cli.json { print_json(&s) } else { show_status(&s) }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

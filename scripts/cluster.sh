@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Start or stop a 5-replica vkv cluster on 127.0.0.1:7000-7004 by hand.
+#   scripts/cluster.sh start   build (release) and start; logs and data under vkv-data/
+#   scripts/cluster.sh stop    SIGTERM every replica this script started
+#   scripts/cluster.sh stop 5  stop replica 5 only;  scripts/cluster.sh start 5  restart it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=vkv-data/cluster
+PORTS=(7000 7001 7002 7003 7004)
+mkdir -p "$ROOT"
+
+start_one() {
+  local id=$1 port=${PORTS[$(( $1 - 1 ))]} peers=() hosts=()
+  for p in "${PORTS[@]}"; do
+    [ "$p" = "$port" ] && continue
+    peers+=("$p"); hosts+=(127.0.0.1)
+  done
+  if [ -f "$ROOT/replica-$id.pid" ] && kill -0 "$(cat "$ROOT/replica-$id.pid")" 2>/dev/null; then
+    echo "replica $id already running (pid $(cat "$ROOT/replica-$id.pid"))"; return
+  fi
+  target/release/vkv-server --host 127.0.0.1 --port "$port" -N ${#PORTS[@]} \
+    --hosts "$(IFS=,; echo "${hosts[*]}")" --ports "$(IFS=,; echo "${peers[*]}")" \
+    --data-dir "$ROOT/replica-$id" >>"$ROOT/replica-$id.log" 2>&1 &
+  echo $! >"$ROOT/replica-$id.pid"
+  echo "replica $id on 127.0.0.1:$port (pid $!, log $ROOT/replica-$id.log)"
+}
+
+stop_one() {
+  local f="$ROOT/replica-$1.pid"
+  if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
+    kill -TERM "$(cat "$f")" && echo "replica $1 stopped (SIGTERM)"
+  fi
+  rm -f "$f"
+}
+
+case "${1:-}" in
+  start)
+    cargo build --release --quiet --bin vkv-server --bin vkv
+    if [ -n "${2:-}" ]; then start_one "$2"; else for i in 1 2 3 4 5; do start_one "$i"; done; fi ;;
+  stop)
+    if [ -n "${2:-}" ]; then stop_one "$2"; else for i in 1 2 3 4 5; do stop_one "$i"; done; fi ;;
+  *) echo "usage: $0 start|stop [replica-id]" >&2; exit 2 ;;
+esac
