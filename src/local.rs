@@ -53,13 +53,18 @@ impl LocalCluster {
     /// Prepares (does not start) a cluster of replicas on 127.0.0.1 at `ports` (ascending), with
     /// data dirs and logs under `root`.
     pub fn new(binary: impl Into<PathBuf>, ports: Vec<u16>, root: &Path) -> Self {
+        Self::with_log_dir(binary, ports, root, root)
+    }
+
+    /// Like [`LocalCluster::new`], with the replicas' logs in `log_dir` instead of `root`.
+    pub fn with_log_dir(binary: impl Into<PathBuf>, ports: Vec<u16>, root: &Path, log_dir: &Path) -> Self {
         let slots = ports
             .iter()
             .enumerate()
             .map(|(i, &port)| Slot {
                 port,
                 data_dir: root.join(format!("replica-{}", i + 1)),
-                log: root.join(format!("replica-{}.log", i + 1)),
+                log: log_dir.join(format!("replica-{}.log", i + 1)),
                 child: None,
             })
             .collect();

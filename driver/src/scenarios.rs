@@ -1,0 +1,385 @@
+//! The scripted scenarios: each prints what it does, what it expects, what it saw, PASS/FAIL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Barrier;
+use vkv::clock::{Causality, VectorClock};
+use vkv::local::Stop;
+use vkv::protocol::ReadResponse;
+
+use crate::backend::{describe, Backend};
+use crate::report::Report;
+use crate::say;
+
+/// Time replicas get to converge after a step before a check fails.
+pub const SETTLE: Duration = Duration::from_secs(15);
+
+/// What a scenario works with.
+pub struct Ctx {
+    /// The replicas.
+    pub backend: Backend,
+    /// Every check so far.
+    pub report: Report,
+    /// Which replicas are up, as far as the driver did it.
+    pub up: Vec<bool>,
+}
+
+/// A version as `"value" [1, 0, 0, 0, 0]` (or `(deleted) [...]`).
+pub fn show_version(v: &vkv::versions::Version) -> String {
+    match &v.value {
+        Some(s) => format!("{s:?} {}", v.clock),
+        None => format!("(deleted) {}", v.clock),
+    }
+}
+
+/// All versions of a read, siblings joined by ∥.
+pub fn show_read(r: &Option<ReadResponse>) -> String {
+    match r {
+        None => "(absent)".into(),
+        Some(r) => r.versions.iter().map(show_version).collect::<Vec<_>>().join("  ∥  "),
+    }
+}
+
+type Versions = Vec<(Option<String>, VectorClock)>;
+
+fn versions_of(r: &Option<ReadResponse>) -> Versions {
+    r.as_ref()
+        .map(|r| r.versions.iter().map(|v| (v.value.clone(), v.clock.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn vc(c: &[u64], n: usize) -> VectorClock {
+    let mut v = c.to_vec();
+    v.resize(n, 0);
+    VectorClock::from(v)
+}
+
+impl Ctx {
+    fn n(&self) -> usize {
+        self.backend.n()
+    }
+
+    fn up_ids(&self) -> Vec<usize> {
+        (1..=self.n()).filter(|&id| self.up[id - 1]).collect()
+    }
+
+    async fn stop(&mut self, id: usize, how: Stop) -> Result<(), String> {
+        say!("   → replica {id} goes offline ({})", describe(how));
+        self.backend.stop(id, how).await?;
+        self.up[id - 1] = false;
+        Ok(())
+    }
+
+    async fn start(&mut self, id: usize) -> Result<(), String> {
+        self.backend.start(id).await?;
+        self.up[id - 1] = true;
+        say!("   → replica {id} is back online (same data dir)");
+        Ok(())
+    }
+
+    async fn put(&self, id: usize, key: &str, value: &str, context: Option<VectorClock>) -> Result<VectorClock, String> {
+        let ctx_text = context.as_ref().map(|c| format!(" with context {c}")).unwrap_or_default();
+        let w = self.backend.client(id).put(key, value, context).await.map_err(|e| e.to_string())?;
+        say!("   client → replica {id}: put {key} = {value:?}{ctx_text} → clock {}", w.clock);
+        Ok(w.clock)
+    }
+
+    async fn read(&self, id: usize, key: &str) -> Result<Option<ReadResponse>, String> {
+        self.backend.client(id).get(key).await.map_err(|e| e.to_string())
+    }
+
+    /// Prints what every replica holds for `key`.
+    async fn show(&self, key: &str, title: &str) {
+        say!("   {title}:");
+        for id in 1..=self.n() {
+            let line = if !self.up[id - 1] {
+                "(offline)".to_string()
+            } else {
+                match self.read(id, key).await {
+                    Ok(r) => show_read(&r),
+                    Err(e) => format!("(error: {e})"),
+                }
+            };
+            say!("     replica {id}: {line}");
+        }
+    }
+
+    /// Waits until every replica in `ids` holds exactly `expected` for `key`; returns what was
+    /// last seen at the first replica that did not.
+    async fn converge(&self, ids: &[usize], key: &str, expected: &Versions) -> Result<(), String> {
+        let mut want = expected.clone();
+        want.sort_by(|a, b| a.1.cmp(&b.1));
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        for &id in ids {
+            loop {
+                let got = self.read(id, key).await;
+                let seen = match &got {
+                    Ok(r) if versions_of(r) == want => break,
+                    Ok(r) => show_read(r),
+                    Err(e) => e.clone(),
+                };
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("replica {id} holds {seen}"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_converged(&mut self, ids: &[usize], key: &str, expected: &Versions, claim: &str) {
+        let result = self.converge(ids, key, expected).await;
+        let shown: Vec<String> = expected
+            .iter()
+            .map(|(v, c)| show_version(&vkv::versions::Version { clock: c.clone(), value: v.clone() }))
+            .collect();
+        let seen = match &result {
+            Ok(()) => format!("replicas {ids:?} all hold {}", shown.join("  ∥  ")),
+            Err(e) => e.clone(),
+        };
+        self.report.check(result.is_ok(), claim, seen);
+    }
+
+    async fn check_log(&mut self, id: usize, needle: &str, claim: &str) {
+        // Log lines may lag the state by a moment; poll briefly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.backend.log_text(id).await;
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                let line = line.split_once("  ").map(|(_, rest)| rest.trim()).unwrap_or(line.trim());
+                self.report.check(true, claim, format!("replica {id} log: {line}"));
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                self.report.check(false, claim, format!("no line containing {needle:?} in replica {id}'s log"));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Two clients write `key` at replicas `a` and `b` at the same moment (released by a
+    /// barrier). Returns both clocks.
+    async fn simultaneous(&self, a: usize, b: usize, key: &str) -> Result<(VectorClock, VectorClock), String> {
+        let barrier = Arc::new(Barrier::new(2));
+        let go = |id: usize, value: String| {
+            let (client, barrier, key) = (self.backend.client(id), barrier.clone(), key.to_string());
+            async move {
+                barrier.wait().await;
+                client.put(&key, &value, None).await.map_err(|e| e.to_string())
+            }
+        };
+        let (va, vb) = (format!("from-replica-{a}"), format!("from-replica-{b}"));
+        let (wa, wb) = tokio::join!(go(a, va.clone()), go(b, vb.clone()));
+        let (ca, cb) = (wa?.clock, wb?.clock);
+        say!("   client A → replica {a}: put {key} = {va:?} → clock {ca}");
+        say!("   client B → replica {b}: put {key} = {vb:?} → clock {cb}   (same instant, via a barrier)");
+        Ok((ca, cb))
+    }
+
+    /// Simultaneous writes until the two clocks are concurrent (a race may legally order them;
+    /// each retry uses a fresh key). Returns the key, both values and clocks.
+    async fn make_conflict(&self, a: usize, b: usize, base: &str) -> Result<(String, Versions), String> {
+        for attempt in 1..=5 {
+            let key = if attempt == 1 { base.to_string() } else { format!("{base}-{attempt}") };
+            let (ca, cb) = self.simultaneous(a, b, &key).await?;
+            if ca.compare(&cb) == Causality::Concurrent {
+                say!("   {ca} vs {cb}: neither dominates → concurrent");
+                let expected =
+                    vec![(Some(format!("from-replica-{a}")), ca), (Some(format!("from-replica-{b}")), cb)];
+                return Ok((key, expected));
+            }
+            say!("   {ca} vs {cb}: one replica saw the other's write first; trying again on a fresh key");
+        }
+        Err("five simultaneous write pairs were all ordered".into())
+    }
+}
+
+/// Scenario 1, the seed's no-conflict case.
+pub async fn no_conflict(ctx: &mut Ctx) -> Result<(), String> {
+    let n = ctx.n();
+    let last = n;
+    ctx.report.scenario(
+        "1 no conflict",
+        &format!(
+            "A client writes k at replica 1; replica {last} goes offline; the client updates k at replica 1
+             again (replica {last} misses it); replica {last} comes back and catches up from replica 1's
+             queue; the client sends the update a second time. Expect: replica {last} merges by clock
+             (local vs received → no conflict) and ends equal to the others."
+        ),
+    );
+    let key = "s1-cart";
+    let c1 = ctx.put(1, key, "milk", None).await?;
+    let all: Vec<usize> = (1..=n).collect();
+    ctx.check_converged(&all, key, &vec![(Some("milk".into()), c1.clone())], "every replica holds the first write")
+        .await;
+    ctx.stop(last, Stop::Clean).await?;
+    let c2 = ctx.put(1, key, "milk,eggs", Some(c1.clone())).await?;
+    let others: Vec<usize> = (1..n).collect();
+    ctx.check_converged(&others, key, &vec![(Some("milk,eggs".into()), c2.clone())], "online replicas hold the update")
+        .await;
+    ctx.show(key, "before replica comes back").await;
+    ctx.start(last).await?;
+    ctx.check_converged(
+        &[last],
+        key,
+        &vec![(Some("milk,eggs".into()), c2.clone())],
+        &format!("replica {last} catches up to {c2} after restarting"),
+    )
+    .await;
+    ctx.check_log(
+        last,
+        &format!("key {key} · local {c1} vs received \"milk,eggs\" {c2} from replica 1 → no conflict, updated"),
+        &format!("replica {last} merged by clock: local {c1} vs received {c2} → no conflict"),
+    )
+    .await;
+    say!("   the client sends the update a second time, now that replica {last} is back:");
+    let c3 = ctx.put(1, key, "milk,eggs", Some(c2.clone())).await?;
+    ctx.check_converged(&all, key, &vec![(Some("milk,eggs".into()), c3.clone())], "every replica ends equal").await;
+    ctx.check_log(
+        last,
+        &format!("key {key} · local {c2} vs received \"milk,eggs\" {c3} from replica 1 → no conflict, updated"),
+        &format!("replica {last} merged the second update: local {c2} vs received {c3} → no conflict"),
+    )
+    .await;
+    ctx.show(key, "after").await;
+    Ok(())
+}
+
+/// Scenario 2, the seed's conflict case.
+pub async fn conflict(ctx: &mut Ctx) -> Result<(), String> {
+    let n = ctx.n();
+    ctx.report.scenario(
+        "2 conflict",
+        "Two clients write different values to k2 at replicas 2 and 3 at the same moment. Expect:
+         every replica returns both values with concurrent clocks; a client then writes a resolution
+         with the context it read, and every replica converges to that one value.",
+    );
+    let all: Vec<usize> = (1..=n).collect();
+    let (key, siblings) = ctx.make_conflict(2, 3, "s2-k2").await?;
+    ctx.check_converged(&all, &key, &siblings, "every replica returns both siblings").await;
+    ctx.show(&key, "what each replica returns").await;
+    let read = ctx.read(4, &key).await?.ok_or("key vanished")?;
+    say!("   client reads at replica 4: {} siblings, context {}", read.versions.len(), read.context);
+    let resolved = ctx.put(4, &key, "from-replica-2+from-replica-3", Some(read.context.clone())).await?;
+    let dominates = siblings.iter().all(|(_, c)| resolved.compare(c) == Causality::After);
+    ctx.report.check(
+        dominates,
+        "the resolution's clock dominates both siblings",
+        format!("{resolved} > {} and > {}", siblings[0].1, siblings[1].1),
+    );
+    ctx.check_converged(
+        &all,
+        &key,
+        &vec![(Some("from-replica-2+from-replica-3".into()), resolved)],
+        "every replica converges to the resolution",
+    )
+    .await;
+    ctx.check_log(1, &format!("key {key} · local"), "replica 1 logged its merge decisions for the key").await;
+    ctx.check_log(1, "→ CONFLICT, kept 2 siblings", "a replica logged the conflict").await;
+    ctx.show(&key, "after the resolution").await;
+    Ok(())
+}
+
+/// Scenario 3: a conflict made while a replica is offline reaches it whole.
+pub async fn offline_conflict(ctx: &mut Ctx) -> Result<(), String> {
+    let n = ctx.n();
+    ctx.report.scenario(
+        "3 conflict while offline",
+        "Replica 4 is down (crashed) while replicas 1 and 2 take concurrent writes to one key.
+         Expect: when replica 4 returns it ends with the same two siblings as everyone else.",
+    );
+    ctx.stop(4, Stop::Crash).await?;
+    let (key, siblings) = ctx.make_conflict(1, 2, "s3-k").await?;
+    let up = ctx.up_ids();
+    ctx.check_converged(&up, &key, &siblings, "online replicas hold both siblings").await;
+    ctx.show(&key, "while replica 4 is offline").await;
+    ctx.start(4).await?;
+    let all: Vec<usize> = (1..=n).collect();
+    ctx.check_converged(&all, &key, &siblings, "replica 4 ends with the same siblings as everyone").await;
+    ctx.show(&key, "after replica 4 returns").await;
+    Ok(())
+}
+
+/// Scenario 4: Dynamo's Figure 3, D1–D5, deterministic through stops and starts.
+pub async fn dynamo(ctx: &mut Ctx) -> Result<(), String> {
+    let n = ctx.n();
+    let (sx, sy, sz) = (1, 2, 3);
+    ctx.report.scenario(
+        "4 dynamo D1-D5",
+        "Dynamo's shopping cart (DeCandia et al. 2007, Figure 3) with Sx = replica 1, Sy = replica 2,
+         Sz = replica 3. D1, D2 at Sx; D3 at Sy while Sz is offline; Sy goes offline and Sz comes back
+         to write D4 without having seen D3; Sx reads both and writes D5 with their context.
+         Expect: D3 ∥ D4, and D5 dominates both everywhere.",
+    );
+    let key = "s4-cart";
+    let all: Vec<usize> = (1..=n).collect();
+    let d1 = ctx.put(sx, key, "D1", None).await?;
+    let d2 = ctx.put(sx, key, "D2", Some(d1.clone())).await?;
+    ctx.check_converged(&all, key, &vec![(Some("D2".into()), d2.clone())], "D2 reached every replica").await;
+    ctx.report.check(
+        d1 == vc(&[1], n) && d2 == vc(&[2], n),
+        "D1 = ([Sx,1]) and D2 = ([Sx,2])",
+        format!("D1 {d1}, D2 {d2}"),
+    );
+    ctx.stop(sz, Stop::Clean).await?;
+    let d3 = ctx.put(sy, key, "D3", Some(d2.clone())).await?;
+    ctx.check_converged(&[sx], key, &vec![(Some("D3".into()), d3.clone())], "Sx received D3").await;
+    ctx.stop(sy, Stop::Clean).await?;
+    ctx.start(sz).await?;
+    let d4 = ctx.put(sz, key, "D4", Some(d2.clone())).await?;
+    ctx.start(sy).await?;
+    ctx.report.check(
+        d3 == vc(&[2, 1], n) && d4 == vc(&[2, 0, 1], n),
+        "D3 = ([Sx,2],[Sy,1]) and D4 = ([Sx,2],[Sz,1])",
+        format!("D3 {d3}, D4 {d4}"),
+    );
+    ctx.report.check(d3.compare(&d4) == Causality::Concurrent, "D3 ∥ D4 (concurrent)", format!("{d3} vs {d4}"));
+    let both = vec![(Some("D3".into()), d3.clone()), (Some("D4".into()), d4.clone())];
+    ctx.check_converged(&all, key, &both, "every replica holds D3 and D4 as siblings").await;
+    let read = ctx.read(sx, key).await?.ok_or("key vanished")?;
+    say!("   client reads at Sx: {}; context {}", show_read(&Some(read.clone())), read.context);
+    let d5 = ctx.put(sx, key, "D5", Some(read.context)).await?;
+    ctx.report.check(
+        d5 == vc(&[3, 1, 1], n) && d5.compare(&d3) == Causality::After && d5.compare(&d4) == Causality::After,
+        "D5 = ([Sx,3],[Sy,1],[Sz,1]) dominates D3 and D4",
+        format!("D5 {d5}"),
+    );
+    ctx.check_converged(&all, key, &vec![(Some("D5".into()), d5)], "every replica converges to D5").await;
+    ctx.show(key, "final").await;
+    Ok(())
+}
+
+/// Docker only: a replica cut off the network takes a write on its side while the majority
+/// takes one on theirs; after reconnecting both sides hold both siblings.
+pub async fn partition(ctx: &mut Ctx) -> Result<(), String> {
+    let n = ctx.n();
+    ctx.report.scenario(
+        "6 partition (docker)",
+        "kv5 is disconnected from the network (docker network disconnect). A client writes k at kv1
+         and another writes k at kv5 (through docker exec, as kv5 is unreachable from outside).
+         Expect: after reconnecting, every replica holds both writes as siblings.",
+    );
+    let key = "s6-split";
+    let network = ctx.backend.network_of(n).await?;
+    ctx.backend.partition(n).await?;
+    say!("   → kv{n} disconnected from network {network}");
+    let majority = ctx.put(1, key, "majority-side", None).await?;
+    let out = ctx.backend.exec_cli(n, &["--json", "put", key, "minority-side"]).await?;
+    let minority: VectorClock = serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["clock"].clone()).ok())
+        .ok_or_else(|| format!("unexpected output from vkv in kv{n}: {out}"))?;
+    say!("   client → kv{n} (inside its container): put {key} = \"minority-side\" → clock {minority}");
+    let others: Vec<usize> = (1..n).collect();
+    ctx.check_converged(&others, key, &vec![(Some("majority-side".into()), majority.clone())], "the majority side agrees")
+        .await;
+    ctx.backend.heal(n, &network).await?;
+    say!("   → kv{n} reconnected to {network}");
+    let both = vec![(Some("majority-side".into()), majority), (Some("minority-side".into()), minority)];
+    let all: Vec<usize> = (1..=n).collect();
+    ctx.check_converged(&all, key, &both, "after healing, every replica holds both sides' writes").await;
+    ctx.show(key, "after the partition heals").await;
+    Ok(())
+}
