@@ -189,9 +189,7 @@ impl Backend {
         };
         let container = d.container(id).await?;
         let alias = format!("kv{id}");
-        run(Command::new("docker").args(["network", "connect", "--alias", &alias, network, &container]))
-            .await
-            .map(drop)
+        run(Command::new("docker").args(["network", "connect", "--alias", &alias, network, &container])).await.map(drop)
     }
 
     /// The network replica `id` is on (docker only).

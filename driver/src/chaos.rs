@@ -19,8 +19,8 @@ use vkv::clock::{Causality, VectorClock};
 use vkv::local::Stop;
 use vkv::versions::Version;
 
-use crate::scenarios::Ctx;
 use crate::say;
+use crate::scenarios::Ctx;
 
 /// Settings of the chaos phase.
 #[derive(Debug, Clone)]
@@ -265,11 +265,20 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
         siblings,
         reference.values().filter(|v| v.len() > 1).count()
     );
-    ctx.report.check(!acked.is_empty() && kills > 0, "the load acknowledged writes while replicas crashed", format!("{} acknowledged writes, {kills} kills", acked.len()));
+    ctx.report.check(
+        !acked.is_empty() && kills > 0,
+        "the load acknowledged writes while replicas crashed",
+        format!("{} acknowledged writes, {kills} kills", acked.len()),
+    );
     ctx.report.check(
         lost.is_empty(),
         "acknowledged writes lost: 0 (each present in, or dominated by, the final state)",
-        format!("{} lost of {}{}", lost.len(), acked.len(), lost.first().map(|l| format!("; e.g. {l}")).unwrap_or_default()),
+        format!(
+            "{} lost of {}{}",
+            lost.len(),
+            acked.len(),
+            lost.first().map(|l| format!("; e.g. {l}")).unwrap_or_default()
+        ),
     );
     ctx.report.check(
         differing == 0,

@@ -44,9 +44,7 @@ pub fn show_read(r: &Option<ReadResponse>) -> String {
 type Versions = Vec<(Option<String>, VectorClock)>;
 
 fn versions_of(r: &Option<ReadResponse>) -> Versions {
-    r.as_ref()
-        .map(|r| r.versions.iter().map(|v| (v.value.clone(), v.clock.clone())).collect())
-        .unwrap_or_default()
+    r.as_ref().map(|r| r.versions.iter().map(|v| (v.value.clone(), v.clock.clone())).collect()).unwrap_or_default()
 }
 
 fn vc(c: &[u64], n: usize) -> VectorClock {
@@ -78,7 +76,13 @@ impl Ctx {
         Ok(())
     }
 
-    async fn put(&self, id: usize, key: &str, value: &str, context: Option<VectorClock>) -> Result<VectorClock, String> {
+    async fn put(
+        &self,
+        id: usize,
+        key: &str,
+        value: &str,
+        context: Option<VectorClock>,
+    ) -> Result<VectorClock, String> {
         let ctx_text = context.as_ref().map(|c| format!(" with context {c}")).unwrap_or_default();
         let w = self.backend.client(id).put(key, value, context).await.map_err(|e| e.to_string())?;
         say!("   client → replica {id}: put {key} = {value:?}{ctx_text} → clock {}", w.clock);
@@ -186,8 +190,7 @@ impl Ctx {
             let (ca, cb) = self.simultaneous(a, b, &key).await?;
             if ca.compare(&cb) == Causality::Concurrent {
                 say!("   {ca} vs {cb}: neither dominates → concurrent");
-                let expected =
-                    vec![(Some(format!("from-replica-{a}")), ca), (Some(format!("from-replica-{b}")), cb)];
+                let expected = vec![(Some(format!("from-replica-{a}")), ca), (Some(format!("from-replica-{b}")), cb)];
                 return Ok((key, expected));
             }
             say!("   {ca} vs {cb}: one replica saw the other's write first; trying again on a fresh key");
@@ -373,8 +376,13 @@ pub async fn partition(ctx: &mut Ctx) -> Result<(), String> {
         .ok_or_else(|| format!("unexpected output from vkv in kv{n}: {out}"))?;
     say!("   client → kv{n} (inside its container): put {key} = \"minority-side\" → clock {minority}");
     let others: Vec<usize> = (1..n).collect();
-    ctx.check_converged(&others, key, &vec![(Some("majority-side".into()), majority.clone())], "the majority side agrees")
-        .await;
+    ctx.check_converged(
+        &others,
+        key,
+        &vec![(Some("majority-side".into()), majority.clone())],
+        "the majority side agrees",
+    )
+    .await;
     ctx.backend.heal(n, &network).await?;
     say!("   → kv{n} reconnected to {network}");
     let both = vec![(Some("majority-side".into()), majority), (Some("minority-side".into()), minority)];
