@@ -53,6 +53,9 @@ pub enum ClientError {
         /// The server's `error` text.
         message: String,
     },
+    /// The key cannot be sent (empty, or `.`/`..`, which URLs treat as path steps).
+    #[error("invalid key {0:?}: keys are non-empty and not \".\" or \"..\"")]
+    InvalidKey(String),
     /// The replica answered something that is not the documented JSON.
     #[error("unexpected response: {0}")]
     BadResponse(String),
@@ -74,6 +77,8 @@ impl Client {
             return Err(ClientError::BadAddress(server.to_string()));
         }
         let http = reqwest::Client::builder()
+            // hickory, not getaddrinfo: works in the statically linked binary (see peer_http_client).
+            .hickory_dns(true)
             .timeout(CLIENT_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .build()
@@ -86,10 +91,13 @@ impl Client {
         &self.base
     }
 
-    fn key_url(&self, key: &str) -> Url {
+    fn key_url(&self, key: &str) -> Result<Url, ClientError> {
+        if key.is_empty() || key == "." || key == ".." {
+            return Err(ClientError::InvalidKey(key.to_string()));
+        }
         let mut url = self.base.clone();
         url.path_segments_mut().expect("checked in new: the URL can be a base").clear().push("kv").push(key);
-        url
+        Ok(url)
     }
 
     fn path_url(&self, path: &str) -> Url {
@@ -137,7 +145,7 @@ impl Client {
 
     /// Reads a key: `None` when it does not exist (or was deleted).
     pub async fn get(&self, key: &str) -> Result<Option<ReadResponse>, ClientError> {
-        let url = self.key_url(key);
+        let url = self.key_url(key)?;
         self.send(self.http.get(url.clone()), &url).await
     }
 
@@ -148,14 +156,14 @@ impl Client {
         value: &str,
         context: Option<VectorClock>,
     ) -> Result<WriteResponse, ClientError> {
-        let url = self.key_url(key);
+        let url = self.key_url(key)?;
         let body = WriteRequest { value: value.to_string(), context };
         Self::expect_found(self.send(self.http.put(url.clone()).json(&body), &url).await?)
     }
 
     /// Deletes a key (writes a tombstone), superseding `context`.
     pub async fn delete(&self, key: &str, context: Option<VectorClock>) -> Result<WriteResponse, ClientError> {
-        let url = self.key_url(key);
+        let url = self.key_url(key)?;
         let body = DeleteRequest { context };
         Self::expect_found(self.send(self.http.delete(url.clone()).json(&body), &url).await?)
     }

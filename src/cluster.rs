@@ -65,7 +65,7 @@ pub enum LayoutError {
     #[error("--hosts/--ports list this replica's own address {0} (--host/--port) as a peer")]
     SelfAsPeer(String),
     /// A host is empty or contains characters that cannot be part of a host name.
-    #[error("{flag}: {host:?} is not a host name or IP address")]
+    #[error("{flag}: {host:?} is not a host name or IPv4 address (IPv6 addresses are not supported)")]
     BadHost { flag: &'static str, host: String },
     /// Port 0 cannot be reached by peers.
     #[error("{flag}: port 0 is not a usable port")]
@@ -81,7 +81,7 @@ pub const MAX_REPLICAS: usize = 64;
 fn check_host(flag: &'static str, host: &str) -> Result<(), LayoutError> {
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if ok {
         Ok(())
     } else {
@@ -210,6 +210,8 @@ mod tests {
         assert!(err.to_string().contains("--port"), "{err}");
         let err = Layout::from_flags("bad host", 7000, 1, &[], &[]).unwrap_err();
         assert!(err.to_string().contains("--host"), "{err}");
+        let err = Layout::from_flags("::1", 7000, 1, &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("IPv6"), "{err}");
         let err = Layout::from_flags("127.0.0.1", 7000, 0, &[], &[]).unwrap_err();
         assert!(err.to_string().contains("-N"), "{err}");
     }

@@ -27,6 +27,11 @@ use crate::replication::{announce, peer_http_client, PeerLink, Sender};
 use crate::store::{MergeRecord, Store};
 use crate::versions::{MergeOutcome, SiblingSet, Version};
 
+/// Largest clock counter accepted from a client or a peer: 2^53, the largest integer every JSON
+/// implementation represents exactly. A replica would need centuries of writes to one key to reach
+/// it; refusing more keeps a hostile context from pinning a key at `u64::MAX`.
+pub const MAX_COUNTER: u64 = 1 << 53;
+
 /// Time a status request waits for each peer's health probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -55,6 +60,10 @@ pub fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::InvalidInput("the key must not be empty".into()));
     }
+    if key == "." || key == ".." {
+        // URLs treat these segments as path navigation: no client could address such a key.
+        return Err(Error::InvalidInput(format!("{key:?} cannot be a key: URLs treat it as a path step")));
+    }
     if key.len() > MAX_KEY_BYTES {
         return Err(Error::TooLarge(format!("the key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
     }
@@ -62,8 +71,8 @@ pub fn validate_key(key: &str) -> Result<()> {
 }
 
 /// A value shortened for a log line.
-fn preview(v: &Version) -> String {
-    match &v.value {
+fn preview(value: Option<&str>) -> String {
+    match value {
         None => "(delete)".to_string(),
         Some(s) if s.chars().count() <= 24 => format!("{s:?}"),
         Some(s) => format!("{:?}…", s.chars().take(24).collect::<String>()),
@@ -154,14 +163,18 @@ impl Replica {
     }
 
     fn check_context(&self, context: Option<&VectorClock>) -> Result<()> {
-        match context {
-            Some(c) if c.len() != self.layout.n() => Err(Error::InvalidInput(format!(
-                "context has {} counters; this cluster has N = {}",
+        let Some(c) = context else { return Ok(()) };
+        if c.len() != self.layout.n() {
+            return Err(Error::InvalidInput(format!(
+                "clock {c} has {} counters; this cluster has N = {}",
                 c.len(),
                 self.layout.n()
-            ))),
-            _ => Ok(()),
+            )));
         }
+        if c.counters().iter().any(|&x| x > MAX_COUNTER) {
+            return Err(Error::InvalidInput(format!("clock {c} has a counter above the limit {MAX_COUNTER}")));
+        }
+        Ok(())
     }
 
     fn check_value(&self, value: &str) -> Result<()> {
@@ -177,35 +190,46 @@ impl Replica {
 
     /// A client write (`value = Some`) or delete (`None`) coordinated here. Returns the new clock
     /// once the new version and the peers' outbox marks are committed to disk.
+    ///
+    /// The commit, the log line and the senders' wake-up happen together on a blocking task,
+    /// which runs to the end even if the client gives up and this future is dropped: a
+    /// committed write is always announced to the senders.
     pub async fn write(&self, key: String, value: Option<String>, context: Option<VectorClock>) -> Result<VectorClock> {
         validate_key(&key)?;
         if let Some(v) = &value {
             self.check_value(v)?;
         }
         self.check_context(context.as_ref())?;
-        let (n, position) = (self.layout.n(), self.layout.me().position());
-        let version_value = value.clone();
-        let store_key = key.clone();
-        let clock = self
-            .blocking(move |store| {
-                store.write_local(&store_key, |current| {
-                    let clock = current.next_clock(n, context.as_ref(), position).ok_or_else(|| {
-                        Error::InvalidInput("the context's counter is at its maximum; cannot advance it".into())
-                    })?;
-                    let version = Version { clock: clock.clone(), value: version_value };
-                    Ok((SiblingSet::single(version), clock))
-                })
-            })
-            .await?;
-        let what = match &value {
-            Some(v) => format!("client write {}", preview(&Version::value(v.clone(), clock.clone()))),
-            None => "client delete".to_string(),
-        };
-        info!("replica {} · key {key} · {what} → clock {clock}", self.id());
-        for link in &self.links {
-            link.wake();
-        }
-        Ok(clock)
+        let (n, position, me) = (self.layout.n(), self.layout.me().position(), self.id());
+        let links = self.links.clone();
+        self.blocking(move |store| {
+            let what = match &value {
+                Some(_) => format!("client write {}", preview(value.as_deref())),
+                None => "client delete".to_string(),
+            };
+            let clock = store.write_local(&key, |current| {
+                let local = current.context(n);
+                if let Some(ctx) = &context {
+                    if ctx.counters()[position] > local.counters()[position] {
+                        return Err(Error::InvalidInput(format!(
+                            "the context {ctx} is ahead of this replica for key {key:?} (it holds {local}); \
+                             send the context of a GET of this key"
+                        )));
+                    }
+                }
+                let clock = current.next_clock(n, context.as_ref(), position).ok_or_else(|| {
+                    Error::InvalidInput("the context's counter is at its maximum; cannot advance it".into())
+                })?;
+                let version = Version { clock: clock.clone(), value };
+                Ok((SiblingSet::single(version), clock))
+            })?;
+            info!("replica {me} · key {key} · {what} → clock {clock}");
+            for link in &links {
+                link.wake();
+            }
+            Ok(clock)
+        })
+        .await
     }
 
     /// The key's sibling set as stored here (empty if never written).
@@ -240,11 +264,10 @@ impl Replica {
                     entry.versions.len()
                 )));
             }
+            // Values are not checked against this replica's --max-value-bytes: the coordinator
+            // accepted them, and refusing them here would wedge replication. The body limit bounds them.
             for v in &entry.versions {
                 self.check_context(Some(&v.clock))?;
-                if let Some(value) = &v.value {
-                    self.check_value(value)?;
-                }
             }
             entries.push((entry.key, entry.versions));
         }
@@ -270,7 +293,7 @@ impl Replica {
             self.id(),
             r.key,
             show_clocks(&r.local),
-            preview(v),
+            preview(v.value.as_deref()),
             r.received
         );
         match r.outcome {

@@ -21,12 +21,13 @@
 //! replica that crashes — mid-batch simply ships the batch again later; the receiver's merge is
 //! idempotent.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::{watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cluster::{Member, ReplicaId};
 use crate::error::{Error, Result};
@@ -71,6 +72,19 @@ impl PeerLink {
     }
 }
 
+/// Why a batch did not ship.
+enum ShipError {
+    /// No usable answer: the peer is down, unreachable, failing or misconfigured. Back off.
+    Unreachable(String),
+    /// The peer refused this batch's content (400/413): find the key it refuses.
+    Refused(String),
+}
+
+/// How long a key that a peer refuses is passed over before it is offered again.
+pub const REFUSED_KEY_RETRY: Duration = Duration::from_secs(300);
+/// An idle sender re-reads its outbox this often even without a wake-up (a safety net).
+pub const IDLE_POLL: Duration = Duration::from_secs(5);
+
 /// A sender's view of its peer, for log transitions.
 enum PeerState {
     Up,
@@ -80,6 +94,9 @@ enum PeerState {
 /// Builds the HTTP client senders and probes use: bounded connect and request times.
 pub fn peer_http_client() -> reqwest::Client {
     reqwest::Client::builder()
+        // Resolve peer names with hickory (reads /etc/resolv.conf and /etc/hosts), not getaddrinfo:
+        // the release binary is linked statically and glibc's NSS does not work in that case.
+        .hickory_dns(true)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REPLICATE_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(30))
@@ -119,15 +136,15 @@ impl Sender {
         Sender { me, store, link, http, url }
     }
 
-    async fn next_batch(&self) -> Result<Vec<Pending>> {
+    async fn next_batch(&self, after: Option<String>, max_keys: usize, skip: HashSet<String>) -> Result<Vec<Pending>> {
         let store = self.store.clone();
         let peer = self.link.member.id;
-        tokio::task::spawn_blocking(move || store.pending(peer, MAX_BATCH_KEYS, BATCH_TARGET_BYTES))
+        tokio::task::spawn_blocking(move || store.pending(peer, after.as_deref(), max_keys, BATCH_TARGET_BYTES, &skip))
             .await
             .map_err(|e| Error::Storage(format!("outbox read task failed: {e}")))?
     }
 
-    async fn ship(&self, batch: &[Pending]) -> std::result::Result<(), String> {
+    async fn ship(&self, batch: &[Pending]) -> std::result::Result<(), ShipError> {
         let request = ReplicateRequest {
             from: self.me,
             entries: batch
@@ -136,20 +153,27 @@ impl Sender {
                 .collect(),
         };
         let response = self.http.post(&self.url).json(&request).send().await.map_err(|e| {
-            if e.is_timeout() {
+            ShipError::Unreachable(if e.is_timeout() {
                 "timed out".to_string()
             } else if e.is_connect() {
                 "connection refused or unreachable".to_string()
             } else {
                 e.to_string()
-            }
+            })
         })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
-        Err(format!("peer answered {status}: {}", body.trim()))
+        let reason = format!("peer answered {status}: {}", body.trim());
+        // 400/413: something in this batch is refused. Anything else (409 "not a peer", 5xx):
+        // the peer as a whole cannot take batches now.
+        if status == reqwest::StatusCode::BAD_REQUEST || status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            Err(ShipError::Refused(reason))
+        } else {
+            Err(ShipError::Unreachable(reason))
+        }
     }
 
     async fn acknowledge(&self, batch: &[Pending]) -> Result<usize> {
@@ -167,9 +191,17 @@ impl Sender {
         let (me, pid, addr) = (self.me, peer.id, peer.address());
         let mut state = PeerState::Up;
         let mut backoff = BACKOFF_MIN;
+        // Where the next batch starts (just after the last key shipped), how many keys it may
+        // hold (halved while a peer refuses a batch, to find the key it refuses), and the keys
+        // the peer refused, passed over until their retry time.
+        let mut cursor: Option<String> = None;
+        let mut batch_keys = MAX_BATCH_KEYS;
+        let mut refused: HashMap<String, Instant> = HashMap::new();
         debug!("replica {me} → replica {pid}: sender started");
         while !*stop.borrow() {
-            let batch = match self.next_batch().await {
+            refused.retain(|_, until| *until > Instant::now());
+            let skip: HashSet<String> = refused.keys().cloned().collect();
+            let batch = match self.next_batch(cursor.clone(), batch_keys, skip).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     warn!("replica {me} → replica {pid}: cannot read outbox: {e}; retrying in {BACKOFF_MAX:?}");
@@ -183,6 +215,7 @@ impl Sender {
             if batch.is_empty() {
                 tokio::select! {
                     _ = self.link.work.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                     _ = stop.changed() => {}
                 }
                 continue;
@@ -202,6 +235,8 @@ impl Sender {
                     }
                     state = PeerState::Up;
                     backoff = BACKOFF_MIN;
+                    batch_keys = (batch_keys * 2).min(MAX_BATCH_KEYS);
+                    cursor = batch.last().map(|p| p.key.clone());
                     match self.acknowledge(&batch).await {
                         Ok(cleared) => info!(
                             "replica {me} → replica {pid} · delivered {} key(s): {}{}",
@@ -216,7 +251,23 @@ impl Sender {
                         Err(e) => warn!("replica {me} → replica {pid}: delivered but cannot clear marks: {e}"),
                     }
                 }
-                Err(reason) => {
+                Err(ShipError::Refused(reason)) if batch.len() > 1 => {
+                    batch_keys = (batch.len() / 2).max(1);
+                    warn!(
+                        "replica {me} → replica {pid} refused a batch of {} keys ({reason}); \
+                         retrying in batches of {batch_keys} to find the key it refuses",
+                        batch.len()
+                    );
+                }
+                Err(ShipError::Refused(reason)) => {
+                    let key = batch[0].key.clone();
+                    error!(
+                        "replica {me} → replica {pid} refuses key {key:?}: {reason}; it stays queued and is \
+                         offered again in {REFUSED_KEY_RETRY:?}, other keys go on"
+                    );
+                    refused.insert(key, Instant::now() + REFUSED_KEY_RETRY);
+                }
+                Err(ShipError::Unreachable(reason)) => {
                     match &mut state {
                         PeerState::Up => {
                             let depth = self.store.outbox_depth(pid).unwrap_or(batch.len() as u64);

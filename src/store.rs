@@ -20,6 +20,8 @@
 //!
 //! Everything here is synchronous; the replica calls it from `spawn_blocking`.
 
+use std::collections::HashSet;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -197,19 +199,39 @@ impl Store {
 
     /// Up to `max_keys` keys owed to `peer`, stopping once their encoded sets pass `max_bytes`
     /// (always at least one key, so a single large key still ships).
-    pub fn pending(&self, peer: ReplicaId, max_keys: usize, max_bytes: usize) -> Result<Vec<Pending>> {
+    ///
+    /// The scan starts just after `after` and wraps around, so a sender that passes the last key
+    /// of its previous batch visits every queued key in turn: keys that are rewritten all the
+    /// time cannot starve the others. Keys in `skip` are passed over.
+    pub fn pending(
+        &self,
+        peer: ReplicaId,
+        after: Option<&str>,
+        max_keys: usize,
+        max_bytes: usize,
+        skip: &HashSet<String>,
+    ) -> Result<Vec<Pending>> {
         let txn = self.db.begin_read()?;
         let name = outbox_name(peer);
         let outbox = txn.open_table(TableDefinition::<&str, u64>::new(&name))?;
         let keys = txn.open_table(KEYS)?;
+        let (tail, head) = match after {
+            Some(a) => {
+                (outbox.range::<&str>((Bound::Excluded(a), Bound::Unbounded))?, Some(outbox.range::<&str>(..=a)?))
+            }
+            None => (outbox.iter()?, None),
+        };
         let mut batch = Vec::new();
         let mut bytes = 0usize;
-        for item in outbox.iter()? {
+        for item in tail.chain(head.into_iter().flatten()) {
             if batch.len() >= max_keys || (bytes >= max_bytes && !batch.is_empty()) {
                 break;
             }
             let (key, mark) = item?;
             let key = key.value().to_string();
+            if skip.contains(&key) {
+                continue;
+            }
             let Some(raw) = keys.get(key.as_str())? else {
                 continue; // cannot happen: marks are written with their key
             };
@@ -295,12 +317,12 @@ mod tests {
         let store = Store::open(dir.path(), &layout(7000)).unwrap();
         put(&store, "a", "1");
         put(&store, "b", "1");
-        let batch = store.pending(2, 10, usize::MAX).unwrap();
+        let batch = store.pending(2, None, 10, usize::MAX, &HashSet::new()).unwrap();
         assert_eq!(batch.len(), 2);
         put(&store, "b", "2"); // lands while the batch is "in flight"
         let delivered: Vec<_> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
         assert_eq!(store.acknowledge(2, &delivered).unwrap(), 1);
-        let left = store.pending(2, 10, usize::MAX).unwrap();
+        let left = store.pending(2, None, 10, usize::MAX, &HashSet::new()).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].key, "b");
         assert_eq!(left[0].set.versions()[0].value.as_deref(), Some("2"));
@@ -314,8 +336,24 @@ mod tests {
         for k in ["a", "b", "c", "d"] {
             put(&store, k, "value");
         }
-        assert_eq!(store.pending(2, 3, usize::MAX).unwrap().len(), 3);
-        assert_eq!(store.pending(2, 10, 1).unwrap().len(), 1, "at least one key ships");
+        assert_eq!(store.pending(2, None, 3, usize::MAX, &HashSet::new()).unwrap().len(), 3);
+        assert_eq!(store.pending(2, None, 10, 1, &HashSet::new()).unwrap().len(), 1, "at least one key ships");
+    }
+
+    #[test]
+    fn pending_resumes_after_the_cursor_and_wraps_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        for k in ["a", "b", "c", "d"] {
+            put(&store, k, "value");
+        }
+        let none = HashSet::new();
+        let keys = |b: Vec<Pending>| b.into_iter().map(|p| p.key).collect::<Vec<_>>();
+        assert_eq!(keys(store.pending(2, Some("b"), 10, usize::MAX, &none).unwrap()), ["c", "d", "a", "b"]);
+        assert_eq!(keys(store.pending(2, Some("b"), 2, usize::MAX, &none).unwrap()), ["c", "d"]);
+        assert_eq!(keys(store.pending(2, Some("zzz"), 3, usize::MAX, &none).unwrap()), ["a", "b", "c"]);
+        let skip: HashSet<String> = ["a".to_string(), "c".to_string()].into();
+        assert_eq!(keys(store.pending(2, None, 10, usize::MAX, &skip).unwrap()), ["b", "d"]);
     }
 
     #[test]

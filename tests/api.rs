@@ -93,6 +93,50 @@ async fn write_clock_joins_the_context() {
 }
 
 #[tokio::test]
+async fn a_context_cannot_run_ahead_of_this_replica() {
+    let f = fixture();
+    // This replica (position 0) has issued counter 1 for the key; a context claiming 2 is forged.
+    f.put("k", json!({"value": "a"})).await;
+    let (status, body) = f.put("k", json!({"value": "b", "context": [2, 0, 0]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("ahead of this replica"));
+    let (status, body) = f.put("k", json!({"value": "b", "context": [1, 7, 0]})).await;
+    assert_eq!(
+        (status, &body["clock"]),
+        (StatusCode::OK, &json!([2, 7, 0])),
+        "other positions are the peers' to judge"
+    );
+    assert_eq!(f.get("k").await.1["versions"][0]["value"], "b");
+}
+
+#[tokio::test]
+async fn peer_values_are_not_held_to_this_replicas_client_limit() {
+    // The coordinator accepted the value under its own limit; refusing it here would wedge
+    // replication to this replica forever.
+    let f = fixture_with_limit(16);
+    let big = "x".repeat(2000);
+    let body = batch(2, json!([{"key": "big", "versions": [{"value": big, "clock": [0, 1, 0]}]}]));
+    let (status, resp) = f.call("POST", "/replicate", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(f.get("big").await.1["versions"][0]["value"].as_str().unwrap().len(), 2000);
+}
+
+#[tokio::test]
+async fn dot_keys_are_refused() {
+    let f = fixture();
+    f.expect_error("PUT", "/kv/..", Some(r#"{"value": "v"}"#), StatusCode::BAD_REQUEST, "path step").await;
+    f.expect_error("GET", "/kv/.", None, StatusCode::BAD_REQUEST, "path step").await;
+}
+
+#[tokio::test]
+async fn a_value_at_the_limit_fits_even_fully_escaped() {
+    let f = fixture_with_limit(1000);
+    let escaped = format!("{{\"value\": \"{}\"}}", "\\u0001".repeat(1000));
+    let (status, body) = f.call("PUT", "/kv/esc", Some(&escaped)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn absent_key_is_404_json() {
     let f = fixture();
     f.expect_error("GET", "/kv/nothing", None, StatusCode::NOT_FOUND, "not found").await;
@@ -119,7 +163,9 @@ async fn bad_client_bodies_are_rejected_and_nothing_is_written() {
         (r#"{"value": "v", "extra": 1}"#, StatusCode::BAD_REQUEST, "unknown field"),
         (r#"{"value": "v", "context": [1, 2]}"#, StatusCode::BAD_REQUEST, "N = 3"),
         (r#"{"value": "v", "context": [1, -2, 0]}"#, StatusCode::BAD_REQUEST, "invalid JSON"),
-        (r#"{"value": "v", "context": [18446744073709551615, 0, 0]}"#, StatusCode::BAD_REQUEST, "maximum"),
+        (r#"{"value": "v", "context": [18446744073709551615, 0, 0]}"#, StatusCode::BAD_REQUEST, "above the limit"),
+        (r#"{"value": "v", "context": [0, 9007199254740993, 0]}"#, StatusCode::BAD_REQUEST, "above the limit"),
+        (r#"{"value": "v", "context": [3, 0, 0]}"#, StatusCode::BAD_REQUEST, "ahead of this replica"),
         (r#"{"value": "v", "context": "1,2,3"}"#, StatusCode::BAD_REQUEST, "invalid JSON"),
     ];
     for (body, status, needle) in cases {
@@ -161,14 +207,14 @@ async fn delete_writes_a_tombstone_that_reads_as_404() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["clock"], json!([2, 0, 0]));
     f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
-    let (status, body) = f.call("DELETE", "/kv/k", Some(r#"{"context": [5, 0, 0]}"#)).await;
+    let (status, body) = f.call("DELETE", "/kv/k", Some(r#"{"context": [2, 5, 0]}"#)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["clock"], json!([6, 0, 0]));
+    assert_eq!(body["clock"], json!([3, 5, 0]));
     f.expect_error("DELETE", "/kv/k", Some("{bad"), StatusCode::BAD_REQUEST, "invalid JSON").await;
     f.expect_error("DELETE", "/kv/k", Some(r#"{"context": [1]}"#), StatusCode::BAD_REQUEST, "N = 3").await;
     // A write after a delete supersedes the tombstone.
     let (_, body) = f.put("k", json!({"value": "back"})).await;
-    assert_eq!(body["clock"], json!([7, 0, 0]));
+    assert_eq!(body["clock"], json!([4, 5, 0]));
 }
 
 fn batch(from: u32, entries: Value) -> String {
@@ -234,9 +280,14 @@ async fn bad_replication_batches_apply_nothing() {
             "either a value or deleted",
         ),
         (
-            batch(2, json!([good, {"key": "bad", "versions": [{"value": "x".repeat(2000), "clock": [0, 1, 0]}]}])),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "limit",
+            batch(2, json!([good, {"key": "bad", "versions": [{"value": "b", "clock": [0, 9007199254740993u64, 0]}]}])),
+            StatusCode::BAD_REQUEST,
+            "above the limit",
+        ),
+        (
+            batch(2, json!([good, {"key": "..", "versions": [{"value": "b", "clock": [0, 1, 0]}]}])),
+            StatusCode::BAD_REQUEST,
+            "path step",
         ),
         (r#"{"from": 2}"#.to_string(), StatusCode::BAD_REQUEST, "missing field `entries`"),
         ("[]".to_string(), StatusCode::BAD_REQUEST, "invalid JSON"),

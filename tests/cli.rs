@@ -117,8 +117,19 @@ fn cli_reads_writes_and_flags_conflicts() {
     assert_eq!(out.status.code(), Some(2), "clap rejected the context");
     let out = cli(&["--server", "ftp://nowhere", "get", "k"]);
     assert_eq!(out.status.code(), Some(2));
+    for key in ["", ".", ".."] {
+        let out = cli(&["--server", &a1, "put", key, "v"]);
+        assert_eq!(out.status.code(), Some(2), "key {key:?}");
+        assert!(text(&out.stderr).contains("invalid key"), "{}", text(&out.stderr));
+    }
 
     // Make a conflict: replica 2 down while 1 writes; 1 down while 2 writes.
+    for _ in 0..200 {
+        if text(&cli(&["--server", &a2, "get", "cart"]).stdout).contains("[1, 0]") {
+            break; // replica 2 has the first write
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
     cluster.stop(2, Stop::Clean).unwrap();
     let out = cli(&["--server", &a1, "status"]);
     assert!(text(&out.stdout).contains("UNREACHABLE · outbox 0"), "{}", text(&out.stdout));

@@ -242,8 +242,6 @@ async fn data_and_outbox_survive_a_crash_of_the_writer() {
     let status = t.cluster.client(1).status().await.unwrap();
     let to5 = status.peers.iter().find(|p| p.id == 5).unwrap();
     assert_eq!(to5.outbox_depth, 1, "the mark for replica 5 survived the crash");
-    let to2 = status.peers.iter().find(|p| p.id == 2).unwrap();
-    assert_eq!(to2.outbox_depth, 0);
 
     t.restart(5).await;
     t.converge(&[5], "durable", &[(Some("yes"), clock)]).await;

@@ -92,7 +92,7 @@ fn show_status(s: &StatusResponse) {
 fn fail(e: ClientError) -> ExitCode {
     eprintln!("vkv: {e}");
     match e {
-        ClientError::BadAddress(_) | ClientError::Rejected { .. } => ExitCode::from(2),
+        ClientError::BadAddress(_) | ClientError::InvalidKey(_) | ClientError::Rejected { .. } => ExitCode::from(2),
         _ => ExitCode::from(3),
     }
 }
