@@ -31,6 +31,8 @@ pub enum Backend {
 
 /// The docker compose deployment.
 pub struct Docker {
+    /// `docker compose` (v2 plugin) or `docker-compose` (v1), whichever this machine has.
+    program: Vec<String>,
     compose_file: PathBuf,
     n: usize,
     base_port: u16,
@@ -48,12 +50,17 @@ async fn run(cmd: &mut Command) -> Result<String, String> {
 impl Docker {
     /// The deployment described by `compose_file`, with replica i published on base_port + i - 1.
     pub fn new(compose_file: &Path, n: usize, base_port: u16) -> Self {
-        Docker { compose_file: compose_file.to_path_buf(), n, base_port }
+        let plugin = std::process::Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let program = if plugin { vec!["docker".into(), "compose".into()] } else { vec!["docker-compose".into()] };
+        Docker { program, compose_file: compose_file.to_path_buf(), n, base_port }
     }
 
     fn compose(&self) -> Command {
-        let mut cmd = Command::new("docker");
-        cmd.arg("compose").arg("-f").arg(&self.compose_file);
+        let mut cmd = Command::new(&self.program[0]);
+        cmd.args(&self.program[1..]).arg("-f").arg(&self.compose_file);
         cmd
     }
 
@@ -208,7 +215,7 @@ impl Backend {
         };
         let container = d.container(id).await?;
         let mut cmd = Command::new("docker");
-        cmd.args(["exec", &container, "/vkv", "--server", "127.0.0.1:7000"]).args(args);
+        cmd.args(["exec", &container, "/usr/local/bin/vkv", "--server", "127.0.0.1:7000"]).args(args);
         run(&mut cmd).await
     }
 
