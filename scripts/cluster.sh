@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 ROOT=vkv-data/cluster
 PORTS=(7000 7001 7002 7003 7004)
 mkdir -p "$ROOT"
+# The cluster's shared secret for peer authentication, made once per cluster dir.
+if [ ! -f "$ROOT/cluster.key" ]; then
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ROOT/cluster.key"
+fi
 
 start_one() {
   local id=$1 port=${PORTS[$(( $1 - 1 ))]} peers=() hosts=()
@@ -20,7 +24,7 @@ start_one() {
   fi
   target/release/vkv-server --host 127.0.0.1 --port "$port" -N ${#PORTS[@]} \
     --hosts "$(IFS=,; echo "${hosts[*]}")" --ports "$(IFS=,; echo "${peers[*]}")" \
-    --data-dir "$ROOT/replica-$id" >>"$ROOT/replica-$id.log" 2>&1 &
+    --data-dir "$ROOT/replica-$id" --cluster-key-file "$ROOT/cluster.key" >>"$ROOT/replica-$id.log" 2>&1 &
   echo $! >"$ROOT/replica-$id.pid"
   echo "replica $id on 127.0.0.1:$port (pid $!, log $ROOT/replica-$id.log)"
 }

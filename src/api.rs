@@ -9,12 +9,13 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
+use crate::auth::SIGNATURE_HEADER;
 use crate::error::Error;
 use crate::protocol::{
     DeleteRequest, ErrorBody, HelloRequest, ReadResponse, ReplicateRequest, WriteRequest, WriteResponse,
@@ -37,6 +38,7 @@ impl IntoResponse for AppError {
             Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -109,13 +111,44 @@ async fn delete_key(
     Ok(Json(WriteResponse { key, clock, replica: replica.id() }))
 }
 
-async fn replicate(State(replica): Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, AppError> {
-    let request: ReplicateRequest = parse(&body.map_err(from_body)?, None)?;
+/// Checks a peer request's signature (unless the replica runs `--insecure`), before parsing.
+fn authenticate(replica: &Replica, headers: &HeaderMap, body: &Bytes) -> Result<(), AppError> {
+    let Some(key) = replica.cluster_key() else {
+        return Ok(());
+    };
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    match signature {
+        Some(sig) if key.verify(body, sig) => Ok(()),
+        Some(_) => {
+            Err(Error::Unauthorized("bad peer signature: this request was not signed with the cluster key".into())
+                .into())
+        }
+        None => Err(Error::Unauthorized(format!(
+            "peer routes need a {SIGNATURE_HEADER} header (HMAC of the body under the cluster key)"
+        ))
+        .into()),
+    }
+}
+
+async fn replicate(
+    State(replica): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body.map_err(from_body)?;
+    authenticate(&replica, &headers, &body)?;
+    let request: ReplicateRequest = parse(&body, None)?;
     Ok(Json(replica.apply_replication(request).await?).into_response())
 }
 
-async fn hello(State(replica): Shared, body: Result<Bytes, BytesRejection>) -> Result<StatusCode, AppError> {
-    let request: HelloRequest = parse(&body.map_err(from_body)?, None)?;
+async fn hello(
+    State(replica): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, AppError> {
+    let body = body.map_err(from_body)?;
+    authenticate(&replica, &headers, &body)?;
+    let request: HelloRequest = parse(&body, None)?;
     replica.peer_hello(request.from)?;
     Ok(StatusCode::NO_CONTENT)
 }

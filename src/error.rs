@@ -15,6 +15,9 @@ pub enum Error {
     /// The key has no live version. (404)
     #[error("{0}")]
     NotFound(String),
+    /// A peer-only request without a valid cluster signature. (401)
+    #[error("{0}")]
+    Unauthorized(String),
     /// The request conflicts with the replica's identity (e.g. a batch from a non-member). (409)
     #[error("{0}")]
     Conflict(String),

@@ -12,6 +12,7 @@
 //!
 //! ```text
 //!   api          HTTP edge: axum routes, JSON errors (server side)
+//!   auth         peer authentication: HMAC-SHA256 of each peer request under the cluster key
 //!   client       typed reqwest client (CLI, driver, tests)
 //!   local        real vkv-server processes on loopback: start, stop, crash (driver, tests)
 //!   protocol     the JSON shapes both sides speak, and the documented limits
@@ -37,6 +38,7 @@
 //! ```
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod cluster;

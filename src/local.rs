@@ -35,6 +35,7 @@ struct Slot {
 /// A local cluster of `vkv-server` processes.
 pub struct LocalCluster {
     binary: PathBuf,
+    key_file: PathBuf,
     slots: Vec<Slot>,
     extra_args: Vec<String>,
 }
@@ -57,6 +58,7 @@ impl LocalCluster {
     }
 
     /// Like [`LocalCluster::new`], with the replicas' logs in `log_dir` instead of `root`.
+    /// Every replica gets `--cluster-key-file` with a random key written under `root`.
     pub fn with_log_dir(binary: impl Into<PathBuf>, ports: Vec<u16>, root: &Path, log_dir: &Path) -> Self {
         let slots = ports
             .iter()
@@ -68,7 +70,7 @@ impl LocalCluster {
                 child: None,
             })
             .collect();
-        LocalCluster { binary: binary.into(), slots, extra_args: Vec::new() }
+        LocalCluster { binary: binary.into(), key_file: root.join("cluster.key"), slots, extra_args: Vec::new() }
     }
 
     /// Extra flags passed to every replica.
@@ -115,6 +117,7 @@ impl LocalCluster {
             cmd.arg("--hosts").arg(hosts).arg("--ports").arg(ports.join(","));
         }
         cmd.arg("--data-dir").arg(&me.data_dir);
+        cmd.arg("--cluster-key-file").arg(&self.key_file);
         cmd.args(&self.extra_args);
         cmd
     }
@@ -123,6 +126,13 @@ impl LocalCluster {
     pub fn start(&mut self, id: usize) -> std::io::Result<()> {
         if self.is_running(id) {
             return Ok(());
+        }
+        if !self.key_file.exists() {
+            if let Some(dir) = self.key_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+            std::fs::write(&self.key_file, key)?;
         }
         let mut cmd = self.command(id);
         let slot = &mut self.slots[id - 1];

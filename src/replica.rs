@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::auth::ClusterKey;
 use crate::clock::VectorClock;
 use crate::cluster::{Layout, ReplicaId};
 use crate::error::{Error, Result};
@@ -42,8 +43,11 @@ pub struct Config {
     pub layout: Layout,
     /// Where the store lives.
     pub data_dir: PathBuf,
-    /// Longest value accepted from a client or a peer, in bytes.
+    /// Longest value accepted from a client, in bytes.
     pub max_value_bytes: usize,
+    /// The cluster's shared secret: peer requests are signed and verified with it. `None` only
+    /// when the operator chose `--insecure`.
+    pub cluster_key: Option<ClusterKey>,
 }
 
 /// One replica.
@@ -53,6 +57,7 @@ pub struct Replica {
     links: Vec<Arc<PeerLink>>,
     http: reqwest::Client,
     max_value_bytes: usize,
+    cluster_key: Option<ClusterKey>,
 }
 
 /// Checks a key against the documented limits.
@@ -117,6 +122,7 @@ impl Replica {
             links,
             http: peer_http_client(),
             max_value_bytes: config.max_value_bytes,
+            cluster_key: config.cluster_key,
         }))
     }
 
@@ -130,6 +136,11 @@ impl Replica {
         &self.layout
     }
 
+    /// The cluster key peer requests must be signed with (`None`: `--insecure`).
+    pub fn cluster_key(&self) -> Option<&ClusterKey> {
+        self.cluster_key.as_ref()
+    }
+
     /// Longest value accepted, in bytes.
     pub fn max_value_bytes(&self) -> usize {
         self.max_value_bytes
@@ -140,12 +151,13 @@ impl Replica {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for link in &self.links {
-            let sender = Sender::new(self.id(), self.store.clone(), link.clone(), self.http.clone());
+            let sender =
+                Sender::new(self.id(), self.store.clone(), link.clone(), self.http.clone(), self.cluster_key.clone());
             tasks.spawn(sender.run(stop_rx.clone()));
         }
         let peers = self.layout.peers().cloned().collect();
         let mut announce_stop = stop_rx;
-        let hello = announce(self.id(), peers, self.http.clone());
+        let hello = announce(self.id(), peers, self.http.clone(), self.cluster_key.clone());
         tasks.spawn(async move {
             tokio::select! {
                 _ = hello => {}

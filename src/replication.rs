@@ -29,6 +29,7 @@ use rand::Rng;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::auth::{ClusterKey, SIGNATURE_HEADER};
 use crate::cluster::{Member, ReplicaId};
 use crate::error::{Error, Result};
 use crate::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
@@ -91,6 +92,21 @@ enum PeerState {
     Down { since: Instant, failures: u32 },
 }
 
+/// A JSON POST to a peer, signed with the cluster key when there is one.
+pub fn signed_post<T: serde::Serialize>(
+    http: &reqwest::Client,
+    url: &str,
+    body: &T,
+    key: Option<&ClusterKey>,
+) -> reqwest::RequestBuilder {
+    let bytes = serde_json::to_vec(body).expect("protocol types always serialise");
+    let mut request = http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header(SIGNATURE_HEADER, key.sign(&bytes));
+    }
+    request.body(bytes)
+}
+
 /// Builds the HTTP client senders and probes use: bounded connect and request times.
 pub fn peer_http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -123,6 +139,7 @@ fn summarise(batch: &[Pending]) -> String {
 /// The sender for one peer. Runs until `stop` turns true.
 pub struct Sender {
     me: ReplicaId,
+    key: Option<ClusterKey>,
     store: Arc<Store>,
     link: Arc<PeerLink>,
     http: reqwest::Client,
@@ -131,9 +148,15 @@ pub struct Sender {
 
 impl Sender {
     /// A sender from replica `me` to the link's peer.
-    pub fn new(me: ReplicaId, store: Arc<Store>, link: Arc<PeerLink>, http: reqwest::Client) -> Self {
+    pub fn new(
+        me: ReplicaId,
+        store: Arc<Store>,
+        link: Arc<PeerLink>,
+        http: reqwest::Client,
+        key: Option<ClusterKey>,
+    ) -> Self {
         let url = format!("http://{}/replicate", link.member.address());
-        Sender { me, store, link, http, url }
+        Sender { me, key, store, link, http, url }
     }
 
     async fn next_batch(&self, after: Option<String>, max_keys: usize, skip: HashSet<String>) -> Result<Vec<Pending>> {
@@ -152,7 +175,7 @@ impl Sender {
                 .map(|p| ReplicateEntry { key: p.key.clone(), versions: p.set.versions().to_vec() })
                 .collect(),
         };
-        let response = self.http.post(&self.url).json(&request).send().await.map_err(|e| {
+        let response = signed_post(&self.http, &self.url, &request, self.key.as_ref()).send().await.map_err(|e| {
             ShipError::Unreachable(if e.is_timeout() {
                 "timed out".to_string()
             } else if e.is_connect() {
@@ -300,17 +323,15 @@ impl Sender {
 
 /// Tells every peer this replica has (re)started, so their senders skip their backoff.
 /// Best effort: a peer that is down will announce itself when it comes back.
-pub async fn announce(me: ReplicaId, peers: Vec<Member>, http: reqwest::Client) {
+pub async fn announce(me: ReplicaId, peers: Vec<Member>, http: reqwest::Client, key: Option<ClusterKey>) {
     let mut calls = tokio::task::JoinSet::new();
     for peer in peers {
-        let http = http.clone();
+        let (http, key) = (http.clone(), key.clone());
         calls.spawn(async move {
             let url = format!("http://{}/peer/hello", peer.address());
             let body = crate::protocol::HelloRequest { from: me };
-            let ok = http
-                .post(url)
+            let ok = signed_post(&http, &url, &body, key.as_ref())
                 .timeout(CONNECT_TIMEOUT)
-                .json(&body)
                 .send()
                 .await
                 .map(|r| r.status().is_success())

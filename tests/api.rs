@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use vkv::api::app;
+use vkv::auth::{ClusterKey, SIGNATURE_HEADER};
 use vkv::cluster::Layout;
 use vkv::replica::{Config, Replica};
 
@@ -18,11 +19,18 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+const KEY: &str = "test-cluster-key-0123456789";
+
 fn fixture_with_limit(max_value_bytes: usize) -> Fixture {
+    fixture_with(max_value_bytes, Some(ClusterKey::new(KEY).unwrap()))
+}
+
+fn fixture_with(max_value_bytes: usize, cluster_key: Option<ClusterKey>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     // Privileged ports nobody listens on; this replica is 127.0.0.1:1 = replica 1.
     let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
-    let replica = Replica::open(Config { layout, data_dir: dir.path().join("data"), max_value_bytes }).unwrap();
+    let replica =
+        Replica::open(Config { layout, data_dir: dir.path().join("data"), max_value_bytes, cluster_key }).unwrap();
     Fixture { replica, _dir: dir }
 }
 
@@ -31,10 +39,25 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// Calls the app; peer routes are signed with the cluster key, as a peer would.
     async fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
+        let peer_route = uri == "/replicate" || uri.starts_with("/peer/");
+        let signature = peer_route.then(|| ClusterKey::new(KEY).unwrap().sign(body.unwrap_or("").as_bytes()));
+        self.call_with(method, uri, body, signature).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+        signature: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(sig) = signature {
+            request = request.header(SIGNATURE_HEADER, sig);
+        }
+        let request = request
             .header("content-type", "application/json")
             .body(body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
             .unwrap();
@@ -134,6 +157,39 @@ async fn a_value_at_the_limit_fits_even_fully_escaped() {
     let escaped = format!("{{\"value\": \"{}\"}}", "\\u0001".repeat(1000));
     let (status, body) = f.call("PUT", "/kv/esc", Some(&escaped)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Peer routes need the cluster's signature: none, a wrong one, or one from another key → 401,
+/// nothing applied. Client routes stay open.
+#[tokio::test]
+async fn peer_routes_require_the_cluster_signature() {
+    let f = fixture();
+    let body = batch(2, json!([{"key": "k", "versions": [{"value": "v", "clock": [0, 1, 0]}]}]));
+    let forged = ClusterKey::new("some-other-cluster-key").unwrap().sign(body.as_bytes());
+    let tampered = ClusterKey::new(KEY).unwrap().sign(b"{}");
+    for (sig, needle) in [
+        (None, "x-vkv-signature"),
+        (Some(forged), "bad peer signature"),
+        (Some(tampered), "bad peer signature"),
+        (Some("zz".into()), "bad peer signature"),
+    ] {
+        let (status, resp) = f.call_with("POST", "/replicate", Some(&body), sig).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{resp}");
+        assert!(resp["error"].as_str().unwrap().contains(needle), "{resp}");
+    }
+    let (status, _) = f.call_with("POST", "/peer/hello", Some(r#"{"from": 2}"#), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
+    let (status, _) = f.call("POST", "/replicate", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "correctly signed");
+}
+
+#[tokio::test]
+async fn an_insecure_replica_accepts_unsigned_peers() {
+    let f = fixture_with(1024, None);
+    let body = batch(2, json!([{"key": "k", "versions": [{"value": "v", "clock": [0, 1, 0]}]}]));
+    let (status, resp) = f.call_with("POST", "/replicate", Some(&body), None).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
 }
 
 #[tokio::test]

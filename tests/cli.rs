@@ -38,6 +38,35 @@ fn server_rejects_bad_flags_naming_the_flag() {
     }
 }
 
+/// Without a cluster key the server refuses to start unless told --insecure; a short key is refused.
+#[test]
+fn server_needs_a_cluster_key_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let out = Command::new(SERVER)
+        .args(["--port", "7000", "-N", "1", "--data-dir", data])
+        .env_remove("VKV_CLUSTER_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("--cluster-key-file") && err.contains("--insecure"), "{err}");
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "tiny").unwrap();
+    let out =
+        run(SERVER, &["--port", "7000", "-N", "1", "--data-dir", data, "--cluster-key-file", short.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("at least 16 bytes"), "{}", text(&out.stderr));
+    let out = Command::new(SERVER)
+        .args(["--port", "7000", "-N", "1", "--data-dir", data])
+        .env("VKV_CLUSTER_KEY", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("VKV_CLUSTER_KEY"), "{}", text(&out.stderr));
+}
+
 /// A data dir remembers its cluster: starting another layout on it is refused, nothing touched.
 #[test]
 fn server_refuses_a_data_dir_of_another_cluster() {
@@ -50,7 +79,10 @@ fn server_refuses_a_data_dir_of_another_cluster() {
     cluster.stop(1, Stop::Clean).unwrap();
     let data = cluster.data_dir(1).to_str().unwrap().to_string();
     let port = ports[0].to_string();
-    let out = run(SERVER, &["--port", &port, "-N", "2", "--hosts", "127.0.0.1", "--ports", "1", "--data-dir", &data]);
+    let out = run(
+        SERVER,
+        &["--port", &port, "-N", "2", "--hosts", "127.0.0.1", "--ports", "1", "--data-dir", &data, "--insecure"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("belongs to member"), "{}", text(&out.stderr));
 }
@@ -62,7 +94,7 @@ fn server_shuts_down_cleanly_on_sigterm() {
     let port = free_ports(1).unwrap()[0].to_string();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let mut child = Command::new(SERVER)
-        .args(["--port", &port, "-N", "1", "--data-dir"])
+        .args(["--port", &port, "-N", "1", "--insecure", "--data-dir"])
         .arg(dir.path().join("data"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -5,12 +5,14 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
+use vkv::auth::{ClusterKey, SIGNATURE_HEADER};
 use vkv::clock::VectorClock;
 use vkv::cluster::Layout;
 use vkv::protocol::ReplicateRequest;
@@ -18,15 +20,23 @@ use vkv::replication::{peer_http_client, PeerLink, Sender};
 use vkv::store::Store;
 use vkv::versions::{SiblingSet, Version};
 
-/// A fake peer that refuses (400) any batch holding `refuse`, and records the keys it accepts.
+const KEY: &str = "sender-test-cluster-key";
+
+/// A fake peer that checks the cluster signature (401 without it), refuses (400) any batch
+/// holding `refuse`, and records the keys it accepts.
 async fn fake_peer(refuse: &'static str) -> (u16, Arc<Mutex<BTreeSet<String>>>) {
     let received = Arc::new(Mutex::new(BTreeSet::new()));
     let seen = received.clone();
     let app = Router::new().route(
         "/replicate",
-        post(move |Json(req): Json<ReplicateRequest>| {
+        post(move |headers: HeaderMap, body: Bytes| {
             let seen = seen.clone();
             async move {
+                let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if !ClusterKey::new(KEY).unwrap().verify(&body, sig) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"error": "unsigned"})));
+                }
+                let req: ReplicateRequest = serde_json::from_slice(&body).unwrap();
                 if req.entries.iter().any(|e| e.key == refuse) {
                     return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("{refuse} refused")})));
                 }
@@ -56,7 +66,8 @@ fn start_sender(peer_port: u16) -> Fixture {
     let store = Arc::new(Store::open(dir.path(), &layout).unwrap());
     let link = Arc::new(PeerLink::new(layout.member(2).unwrap().clone()));
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(Sender::new(1, store.clone(), link.clone(), peer_http_client()).run(stop_rx));
+    let key = Some(ClusterKey::new(KEY).unwrap());
+    tokio::spawn(Sender::new(1, store.clone(), link.clone(), peer_http_client(), key).run(stop_rx));
     Fixture { store, link, stop, _dir: dir }
 }
 

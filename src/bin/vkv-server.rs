@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use vkv::auth::{ClusterKey, KEY_ENV};
 use vkv::cluster::Layout;
 use vkv::protocol::DEFAULT_MAX_VALUE_BYTES;
 use vkv::replica::{Config, Replica};
@@ -45,6 +46,29 @@ struct Args {
     /// Longest value a client may write, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
+    /// File holding the cluster's shared secret (≥ 16 bytes); peer requests are signed with it.
+    /// The environment variable VKV_CLUSTER_KEY may hold the key instead.
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+    /// Run without peer authentication: anyone who reaches the port can replicate into this
+    /// replica. For experiments only.
+    #[arg(long, conflicts_with = "cluster_key_file")]
+    insecure: bool,
+}
+
+/// The cluster key from --cluster-key-file or VKV_CLUSTER_KEY; `None` only with --insecure.
+fn cluster_key(args: &Args) -> Result<Option<ClusterKey>, String> {
+    if let Some(path) = &args.cluster_key_file {
+        return ClusterKey::from_file(path).map(Some);
+    }
+    match std::env::var(KEY_ENV) {
+        Ok(text) if !args.insecure => ClusterKey::new(&text).map(Some).map_err(|e| format!("{KEY_ENV}: {e}")),
+        _ if args.insecure => Ok(None),
+        _ => Err(format!(
+            "no cluster key: pass --cluster-key-file FILE or set {KEY_ENV} (the same secret on every replica), \
+             or --insecure to run without peer authentication"
+        )),
+    }
 }
 
 async fn shutdown_signal() {
@@ -92,6 +116,10 @@ async fn main() -> ExitCode {
     if args.max_value_bytes == 0 {
         return usage_error("--max-value-bytes must be at least 1");
     }
+    let key = match cluster_key(&args) {
+        Ok(key) => key,
+        Err(e) => return usage_error(e),
+    };
     let data_dir =
         args.data_dir.unwrap_or_else(|| PathBuf::from("vkv-data").join(format!("{}-{}", args.host, args.port)));
     let listen = args.listen.map(|a| a.to_string()).unwrap_or_else(|| layout.me().address());
@@ -100,6 +128,7 @@ async fn main() -> ExitCode {
         layout: layout.clone(),
         data_dir: data_dir.clone(),
         max_value_bytes: args.max_value_bytes,
+        cluster_key: key.clone(),
     }) {
         Ok(r) => r,
         Err(e) => {
@@ -122,6 +151,10 @@ async fn main() -> ExitCode {
         layout.describe(),
         data_dir.display()
     );
+    match &key {
+        Some(_) => info!("peer requests are authenticated: HMAC-SHA256 under the cluster key"),
+        None => warn!("INSECURE: --insecure given, peer requests are not authenticated"),
+    }
     let background = replica.start();
     let served = axum::serve(listener, vkv::api::app(replica.clone())).with_graceful_shutdown(shutdown_signal()).await;
     info!("replica {} stopped accepting requests; stopping senders", layout.self_id());
