@@ -71,6 +71,11 @@ pub struct Client {
 impl Client {
     /// A client for the replica at `server` (`host:port` or `http://host:port`).
     pub fn new(server: &str) -> Result<Client, ClientError> {
+        Client::with_timeout(server, CLIENT_TIMEOUT)
+    }
+
+    /// A client whose requests give up after `timeout` (connection included).
+    pub fn with_timeout(server: &str, timeout: Duration) -> Result<Client, ClientError> {
         let text = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
         let base = Url::parse(&text).map_err(|_| ClientError::BadAddress(server.to_string()))?;
         if base.scheme() != "http" || base.host_str().is_none() || base.cannot_be_a_base() {
@@ -79,8 +84,8 @@ impl Client {
         let http = reqwest::Client::builder()
             // hickory, not getaddrinfo: works in the statically linked binary (see peer_http_client).
             .hickory_dns(true)
-            .timeout(CLIENT_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
             .map_err(|e| ClientError::BadAddress(format!("{server}: {e}")))?;
         Ok(Client { base, http })

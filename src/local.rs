@@ -190,12 +190,44 @@ impl LocalCluster {
         }
     }
 
+    /// Freezes replica `id` (SIGSTOP): the process holds its sockets but answers nothing, like a
+    /// hung or overloaded machine. [`LocalCluster::resume`] thaws it.
+    pub fn pause(&mut self, id: usize) -> std::io::Result<()> {
+        self.signal(id, Signal::SIGSTOP)
+    }
+
+    /// Thaws a replica frozen by [`LocalCluster::pause`] (SIGCONT).
+    pub fn resume(&mut self, id: usize) -> std::io::Result<()> {
+        self.signal(id, Signal::SIGCONT)
+    }
+
+    fn signal(&mut self, id: usize, signal: Signal) -> std::io::Result<()> {
+        match self.slots[id - 1].child.as_ref() {
+            Some(child) => kill(Pid::from_raw(child.id() as i32), signal).map_err(std::io::Error::from),
+            None => Err(std::io::Error::other(format!("replica {id} is not running"))),
+        }
+    }
+
     /// Waits until replica `id` answers `/health`, or fails after `timeout` (or if it exited).
     pub async fn wait_healthy(&mut self, id: usize, timeout: Duration) -> Result<(), String> {
         let client = self.client(id);
         let deadline = Instant::now() + timeout;
+        let expected: Vec<String> = self.slots.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
         loop {
+            if !self.is_running(id) {
+                return Err(format!("replica {id} exited during startup; see {}", self.log_path(id).display()));
+            }
             if client.healthy().await {
+                // Make sure the answer comes from our replica, not another process on that port.
+                let status = client.status().await.map_err(|e| format!("replica {id}: {e}"))?;
+                let members: Vec<String> = status.members.iter().map(|m| m.address()).collect();
+                if status.replica as usize != id || members != expected {
+                    return Err(format!(
+                        "port {} answers as replica {} of {members:?}, not this cluster's replica {id}",
+                        self.slots[id - 1].port,
+                        status.replica
+                    ));
+                }
                 return Ok(());
             }
             if !self.is_running(id) {
@@ -222,6 +254,7 @@ impl LocalCluster {
     pub fn kill_all(&mut self) {
         for slot in &mut self.slots {
             if let Some(mut child) = slot.child.take() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
                 let _ = child.kill();
                 let _ = child.wait();
             }

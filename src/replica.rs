@@ -33,6 +33,11 @@ use crate::versions::{MergeOutcome, SiblingSet, Version};
 /// it; refusing more keeps a hostile context from pinning a key at `u64::MAX`.
 pub const MAX_COUNTER: u64 = 1 << 53;
 
+/// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
+/// at the same number): so many concurrent versions mean clients write without reading the
+/// context, and reads grow with every one.
+pub const SIBLING_WARN_THRESHOLD: usize = 25;
+
 /// Time a status request waits for each peer's health probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -313,6 +318,10 @@ impl Replica {
             MergeOutcome::Updated => info!("{head} no conflict, updated"),
             MergeOutcome::Stale if r.local.contains(&r.received) => info!("{head} already up to date"),
             MergeOutcome::Stale => info!("{head} no conflict, local is newer: ignored"),
+            MergeOutcome::Conflict { siblings } if siblings > SIBLING_WARN_THRESHOLD => warn!(
+                "{head} CONFLICT, kept {siblings} siblings — more than {SIBLING_WARN_THRESHOLD}: \
+                 clients should resolve this key by writing with the context they read"
+            ),
             MergeOutcome::Conflict { siblings } => warn!("{head} CONFLICT, kept {siblings} siblings"),
         }
     }

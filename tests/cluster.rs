@@ -22,8 +22,9 @@ impl TestCluster {
         let root = tempfile::tempdir().unwrap();
         let mut cluster = LocalCluster::new(env!("CARGO_BIN_EXE_vkv-server"), free_ports(N).unwrap(), root.path());
         cluster.start_all().unwrap();
+        let ready = cluster.wait_all_healthy(Duration::from_secs(10)).await;
         let t = TestCluster { cluster, _root: root };
-        t.check(t_wait_all(&t).await);
+        t.check(ready);
         t
     }
 
@@ -87,21 +88,6 @@ impl TestCluster {
             .await;
         }
     }
-}
-
-async fn t_wait_all(t: &TestCluster) -> Result<(), String> {
-    // LocalCluster::wait_all_healthy needs &mut; probe through clients instead.
-    for id in 1..=N {
-        let client = t.cluster.client(id);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !client.healthy().await {
-            if Instant::now() > deadline {
-                return Err(format!("replica {id} did not become healthy"));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-    Ok(())
 }
 
 fn vc(c: &[u64]) -> VectorClock {

@@ -102,14 +102,17 @@ impl Backend {
         }
     }
 
+    /// `host:port` of replica `id` (1-based), as seen from this machine.
+    pub fn address(&self, id: usize) -> String {
+        match self {
+            Backend::Local(c) => c.address(id),
+            Backend::Docker(d) => format!("127.0.0.1:{}", d.base_port as usize + id - 1),
+        }
+    }
+
     /// A client for replica `id` (1-based).
     pub fn client(&self, id: usize) -> Client {
-        match self {
-            Backend::Local(c) => c.client(id),
-            Backend::Docker(d) => {
-                Client::new(&format!("127.0.0.1:{}", d.base_port as usize + id - 1)).expect("valid address")
-            }
-        }
+        Client::new(&self.address(id)).expect("a loopback address is valid")
     }
 
     /// Waits until replica `id` answers `/health`.
@@ -165,6 +168,22 @@ impl Backend {
                     Stop::Crash => d.compose_run(&["kill", "-s", "SIGKILL", &service]).await.map(drop),
                 }
             }
+        }
+    }
+
+    /// Freezes replica `id` (SIGSTOP, or `docker compose pause`).
+    pub async fn pause(&mut self, id: usize) -> Result<(), String> {
+        match self {
+            Backend::Local(c) => c.pause(id).map_err(|e| format!("cannot pause replica {id}: {e}")),
+            Backend::Docker(d) => d.compose_run(&["pause", &format!("kv{id}")]).await.map(drop),
+        }
+    }
+
+    /// Thaws a paused replica (SIGCONT, or `docker compose unpause`).
+    pub async fn resume(&mut self, id: usize) -> Result<(), String> {
+        match self {
+            Backend::Local(c) => c.resume(id).map_err(|e| format!("cannot resume replica {id}: {e}")),
+            Backend::Docker(d) => d.compose_run(&["unpause", &format!("kv{id}")]).await.map(drop),
         }
     }
 
@@ -224,6 +243,7 @@ impl Backend {
         match self {
             Backend::Local(c) => c.kill_all(),
             Backend::Docker(d) => {
+                let _ = d.compose_run(&["unpause"]).await; // a paused container would not stop
                 let _ = d.compose_run(&["stop", "-t", "5"]).await;
             }
         }

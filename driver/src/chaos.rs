@@ -37,6 +37,17 @@ pub struct ChaosConfig {
 
 /// Upper bound on operations per client, whatever the duration.
 const MAX_OPS_PER_CLIENT: u64 = 200_000;
+/// Request timeout of the chaos clients (a paused replica answers nothing until resumed).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Share of faults that pause a replica (SIGSTOP) instead of crashing it (SIGKILL).
+const PAUSE_SHARE: f64 = 0.25;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Crashed,
+    Paused,
+}
+
 /// Time the cluster gets to converge after the faults stop.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -129,6 +140,19 @@ async fn outboxes_empty(clients: &[Client]) -> bool {
     true
 }
 
+/// Restarts a crashed replica or resumes a paused one.
+async fn heal(ctx: &mut Ctx, faults: &mut [Option<Fault>], id: usize) -> Result<(), String> {
+    match faults[id - 1].take() {
+        Some(Fault::Crashed) => {
+            ctx.backend.start(id).await?;
+            ctx.up[id - 1] = true;
+        }
+        Some(Fault::Paused) => ctx.backend.resume(id).await?,
+        None => {}
+    }
+    Ok(())
+}
+
 /// Runs scenario 5.
 pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
     let n = ctx.backend.n();
@@ -136,13 +160,18 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
         "5 chaos",
         &format!(
             "{} clients read and write {} shared keys at random replicas for {:?} while replicas are
-             killed (SIGKILL) and restarted at random (at most two down at once). Every acknowledged
+             killed (SIGKILL) or paused (SIGSTOP) and healed at random (at most two at once). Every acknowledged
              write is recorded. After the faults stop and the cluster settles, expect: 0 acknowledged
              writes lost, 0 replicas whose state differs. Seed {}.",
             cfg.clients, cfg.keys, cfg.duration, cfg.seed
         ),
     );
-    let clients: Arc<Vec<Client>> = Arc::new((1..=n).map(|id| ctx.backend.client(id)).collect());
+    // Short timeouts: a paused replica holds requests until they time out.
+    let clients: Arc<Vec<Client>> = Arc::new(
+        (1..=n)
+            .map(|id| Client::with_timeout(&ctx.backend.address(id), CLIENT_TIMEOUT).expect("valid address"))
+            .collect(),
+    );
     let counters = Arc::new(Counters::default());
     let deadline = Instant::now() + cfg.duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -180,26 +209,35 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
         })
     };
 
-    // Faults: every 0.3–1 s, crash a replica (while fewer than two are down) or restart one.
+    // Faults: every 0.3–1 s, crash (SIGKILL) or pause (SIGSTOP) a replica while fewer than two
+    // are faulted, or heal one (restart / SIGCONT).
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let (mut kills, mut restarts) = (0u32, 0u32);
+    let (mut kills, mut pauses, mut heals) = (0u32, 0u32, 0u32);
+    let mut faults: Vec<Option<Fault>> = vec![None; n];
     let mut fault_log = Vec::new();
     while Instant::now() + Duration::from_millis(300) < deadline {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1000))).await;
-        let down: Vec<usize> = (1..=n).filter(|&id| !ctx.up[id - 1]).collect();
-        let up: Vec<usize> = (1..=n).filter(|&id| ctx.up[id - 1]).collect();
-        if down.len() < 2 && (down.is_empty() || rng.random_bool(0.5)) {
-            let id = up[rng.random_range(0..up.len())];
-            ctx.backend.stop(id, Stop::Crash).await?;
-            ctx.up[id - 1] = false;
-            kills += 1;
-            fault_log.push(format!("kill {id}"));
+        let faulted: Vec<usize> = (1..=n).filter(|&id| faults[id - 1].is_some()).collect();
+        let healthy: Vec<usize> = (1..=n).filter(|&id| faults[id - 1].is_none()).collect();
+        if faulted.len() < 2 && (faulted.is_empty() || rng.random_bool(0.5)) {
+            let id = healthy[rng.random_range(0..healthy.len())];
+            if rng.random_bool(PAUSE_SHARE) {
+                ctx.backend.pause(id).await?;
+                faults[id - 1] = Some(Fault::Paused);
+                pauses += 1;
+                fault_log.push(format!("pause {id}"));
+            } else {
+                ctx.backend.stop(id, Stop::Crash).await?;
+                ctx.up[id - 1] = false;
+                faults[id - 1] = Some(Fault::Crashed);
+                kills += 1;
+                fault_log.push(format!("kill {id}"));
+            }
         } else {
-            let id = down[rng.random_range(0..down.len())];
-            ctx.backend.start(id).await?;
-            ctx.up[id - 1] = true;
-            restarts += 1;
-            fault_log.push(format!("restart {id}"));
+            let id = faulted[rng.random_range(0..faulted.len())];
+            heal(ctx, &mut faults, id).await?;
+            heals += 1;
+            fault_log.push(format!("heal {id}"));
         }
     }
     let mut acked = Vec::new();
@@ -211,10 +249,9 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
     bar.finish_and_clear();
     say!("   faults: {}", fault_log.join(", "));
     for id in 1..=n {
-        if !ctx.up[id - 1] {
-            ctx.backend.start(id).await?;
-            ctx.up[id - 1] = true;
-            say!("   → replica {id} restarted after the fault phase");
+        if faults[id - 1].is_some() {
+            heal(ctx, &mut faults, id).await?;
+            say!("   → replica {id} healed after the fault phase");
         }
     }
 
@@ -254,7 +291,7 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
     let failed = counters.failed.load(Ordering::Relaxed);
     say!(
         "   figures: operations attempted {attempted} · acknowledged writes {} · reads {} · failed {failed} \
-         · kills {kills} · restarts {restarts}",
+         · kills {kills} · pauses {pauses} · heals {heals}",
         acked.len(),
         counters.reads.load(Ordering::Relaxed)
     );

@@ -17,10 +17,11 @@ fn server_bin() -> PathBuf {
     server
 }
 
-/// A base port with `n` consecutive free ports after it.
-fn free_range(n: u16) -> u16 {
-    let start = 20000 + (std::process::id() % 2000) as u16 * 10;
-    for base in (start..60000).step_by(n as usize + 3) {
+/// A base port with `n` consecutive free ports after it, below the kernel's ephemeral range
+/// (32768+) where other tests' `free_ports` draw from. `salt` keeps this file's tests apart.
+fn free_range(n: u16, salt: u16) -> u16 {
+    let start = 20000 + (std::process::id() % 500) as u16 * 20 + salt * 10;
+    for base in (start..32000).step_by(n as usize + 3) {
         let all_free = (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return base;
@@ -34,7 +35,7 @@ fn free_range(n: u16) -> u16 {
 #[test]
 fn driver_runs_every_local_scenario_and_passes() {
     let logs = tempfile::tempdir().unwrap();
-    let base = free_range(5);
+    let base = free_range(5, 0);
     let out = Command::new(DRIVER)
         .args(["--base-port", &base.to_string(), "--chaos-secs", "5", "--seed", "7", "--logs"])
         .arg(logs.path())
@@ -64,7 +65,7 @@ fn driver_runs_every_local_scenario_and_passes() {
 #[test]
 fn driver_fails_when_the_cluster_cannot_start() {
     let logs = tempfile::tempdir().unwrap();
-    let base = free_range(5);
+    let base = free_range(5, 1);
     let out = Command::new(DRIVER)
         .args(["--base-port", &base.to_string(), "--scenarios", "no-conflict", "--server-bin", "/bin/false", "--logs"])
         .arg(logs.path())
