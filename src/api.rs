@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use crate::auth::SIGNATURE_HEADER;
 use crate::error::Error;
 use crate::protocol::{
-    DeleteRequest, ErrorBody, HelloRequest, ReadResponse, ReplicateRequest, WriteRequest, WriteResponse,
-    MAX_REPLICATE_BODY_BYTES,
+    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, ReadResponse, ReplicateRequest,
+    WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
 };
 use crate::replica::Replica;
 
@@ -153,6 +153,28 @@ async fn hello(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn digest(
+    State(replica): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body.map_err(from_body)?;
+    authenticate(&replica, &headers, &body)?;
+    let request: DigestRequest = parse(&body, None)?;
+    Ok(Json(replica.serve_digest(request).await?).into_response())
+}
+
+async fn entries(
+    State(replica): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body.map_err(from_body)?;
+    authenticate(&replica, &headers, &body)?;
+    let request: EntriesRequest = parse(&body, None)?;
+    Ok(Json(replica.serve_entries(request).await?).into_response())
+}
+
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
@@ -185,6 +207,8 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
         .route("/replicate", post(replicate).layer(DefaultBodyLimit::max(MAX_REPLICATE_BODY_BYTES)))
         .route("/peer/hello", post(hello))
+        .route("/peer/digest", post(digest))
+        .route("/peer/entries", post(entries))
         .route("/health", get(health))
         .route("/status", get(status))
         .fallback(no_route)

@@ -18,6 +18,7 @@
 //!   protocol     the JSON shapes both sides speak, and the documented limits
 //!   replica      the node: client writes, peer merges, logging of every decision, senders
 //!   replication  one background sender per peer, draining the durable outbox
+//!   anti_entropy periodic digest comparison with peers, pulling the keys that differ
 //!   store        redb: sibling sets and per-peer outboxes, committed together
 //!   cluster      membership: member order, ids, clock positions, flag validation
 //!   versions     sibling sets and the merge rule (pure)
@@ -37,6 +38,7 @@
 //! assert_eq!(set.context(3), VectorClock::from(vec![1, 1, 3]));
 //! ```
 
+pub mod anti_entropy;
 pub mod api;
 pub mod auth;
 pub mod client;

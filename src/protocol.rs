@@ -115,6 +115,54 @@ pub struct HelloRequest {
     pub from: ReplicaId,
 }
 
+/// Hash ranges anti-entropy splits the key space into. More ranges: finer comparison (fewer keys
+/// shipped per difference) but a longer digest list per round.
+pub const AE_RANGES: usize = 64;
+/// Most hash ranges a digest request may ask for.
+pub const MAX_AE_RANGES: usize = 4096;
+/// Bytes of sets one `POST /peer/entries` answer carries at most (at least one key).
+pub const AE_MAX_RESPONSE_BYTES: usize = MAX_REPLICATE_BODY_BYTES / 4;
+
+/// `POST /peer/digest`: "summarise your keys in this many hash ranges".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestRequest {
+    /// The asking replica.
+    pub from: ReplicaId,
+    /// Number of hash ranges.
+    pub ranges: usize,
+}
+
+/// Answer to `POST /peer/digest`: one hex SHA-256-based digest per range.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestResponse {
+    /// Digests, range 0 first.
+    pub digests: Vec<String>,
+}
+
+/// `POST /peer/entries`: "send me every key in these ranges (of `of`), at most `limit`".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesRequest {
+    /// The asking replica.
+    pub from: ReplicaId,
+    /// Number of hash ranges the key space is split into.
+    pub of: usize,
+    /// The ranges wanted.
+    pub ranges: Vec<usize>,
+    /// Most keys to send.
+    pub limit: usize,
+}
+
+/// Answer to `POST /peer/entries`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntriesResponse {
+    /// The keys with their whole sibling sets.
+    pub entries: Vec<ReplicateEntry>,
+    /// True when keys were left out (limit reached): ask again next round.
+    pub truncated: bool,
+}
+
 /// Answer to `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusResponse {

@@ -8,21 +8,23 @@
 //! replica 3 · key cart · local [2, 0, 0, 0, 0] vs received "eggs" [1, 1, 0, 0, 0] from replica 2 → CONFLICT, kept 2 siblings
 //! ```
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::anti_entropy::{requested_ranges, AntiEntropyConfig};
 use crate::auth::ClusterKey;
 use crate::clock::VectorClock;
 use crate::cluster::{Layout, ReplicaId};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    PeerStatus, ReplicateRequest, ReplicateResponse, StatusResponse, MAX_BATCH_KEYS, MAX_KEY_BYTES,
-    MAX_VERSIONS_PER_ENTRY,
+    DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, PeerStatus, ReplicateEntry, ReplicateRequest,
+    ReplicateResponse, StatusResponse, AE_MAX_RESPONSE_BYTES, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_VERSIONS_PER_ENTRY,
 };
 use crate::replication::{announce, peer_http_client, PeerLink, Sender};
 use crate::store::{MergeRecord, Store};
@@ -37,6 +39,9 @@ pub const MAX_COUNTER: u64 = 1 << 53;
 /// at the same number): so many concurrent versions mean clients write without reading the
 /// context, and reads grow with every one.
 pub const SIBLING_WARN_THRESHOLD: usize = 25;
+
+/// Most keys one anti-entropy answer carries, whatever the puller asks for.
+pub const MAX_AE_KEYS_PER_ANSWER: usize = 100_000;
 
 /// Time a status request waits for each peer's health probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -53,6 +58,8 @@ pub struct Config {
     /// The cluster's shared secret: peer requests are signed and verified with it. `None` only
     /// when the operator chose `--insecure`.
     pub cluster_key: Option<ClusterKey>,
+    /// Periodic digest comparison with peers; `None` turns it off.
+    pub anti_entropy: Option<AntiEntropyConfig>,
 }
 
 /// One replica.
@@ -63,6 +70,7 @@ pub struct Replica {
     http: reqwest::Client,
     max_value_bytes: usize,
     cluster_key: Option<ClusterKey>,
+    anti_entropy: Option<AntiEntropyConfig>,
 }
 
 /// Checks a key against the documented limits.
@@ -128,6 +136,7 @@ impl Replica {
             http: peer_http_client(),
             max_value_bytes: config.max_value_bytes,
             cluster_key: config.cluster_key,
+            anti_entropy: config.anti_entropy,
         }))
     }
 
@@ -151,14 +160,17 @@ impl Replica {
         self.max_value_bytes
     }
 
-    /// Starts one sender per peer and announces this replica to its peers.
-    pub fn start(&self) -> Background {
+    /// Starts one sender per peer and the anti-entropy task, and announces this replica.
+    pub fn start(self: &Arc<Self>) -> Background {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for link in &self.links {
             let sender =
                 Sender::new(self.id(), self.store.clone(), link.clone(), self.http.clone(), self.cluster_key.clone());
             tasks.spawn(sender.run(stop_rx.clone()));
+        }
+        if let Some(config) = self.anti_entropy.clone() {
+            tasks.spawn(crate::anti_entropy::run(self.clone(), config, stop_rx.clone()));
         }
         let peers = self.layout.peers().cloned().collect();
         let mut announce_stop = stop_rx;
@@ -258,21 +270,44 @@ impl Replica {
     /// Validates a whole peer batch, then merges it in one transaction and logs every decision.
     pub async fn apply_replication(&self, request: ReplicateRequest) -> Result<ReplicateResponse> {
         let from = request.from;
-        if from == self.id() || self.layout.member(from).is_none() {
-            return Err(Error::Conflict(format!(
-                "replication from {from}, which is not a peer of replica {} (members 1..={})",
-                self.id(),
-                self.layout.n()
-            )));
-        }
+        self.check_peer(from, "replication")?;
         if request.entries.len() > MAX_BATCH_KEYS {
             return Err(Error::TooLarge(format!(
                 "batch has {} keys; the limit is {MAX_BATCH_KEYS}",
                 request.entries.len()
             )));
         }
-        let mut entries = Vec::with_capacity(request.entries.len());
-        for entry in request.entries {
+        let entries = self.validate_entries(request.entries)?;
+        let keys = entries.len();
+        let (records, _) = self.merge_entries(&entries).await?;
+        let versions: Vec<&Version> = entries.iter().flat_map(|(_, vs)| vs.iter()).collect();
+        let mut changed = 0;
+        for (record, version) in records.iter().zip(versions) {
+            changed += usize::from(record.outcome.changed());
+            self.log_merge(from, record, version);
+        }
+        // The peer is evidently up: if our sender to it is backing off, let it retry now.
+        if let Some(link) = self.links.iter().find(|l| l.member.id == from) {
+            link.peer_is_up();
+        }
+        Ok(ReplicateResponse { keys, changed })
+    }
+
+    fn check_peer(&self, from: ReplicaId, what: &str) -> Result<()> {
+        if from == self.id() || self.layout.member(from).is_none() {
+            return Err(Error::Conflict(format!(
+                "{what} from {from}, which is not a peer of replica {} (members 1..={})",
+                self.id(),
+                self.layout.n()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks every entry of a peer's batch before anything is applied.
+    fn validate_entries(&self, batch: Vec<ReplicateEntry>) -> Result<Vec<(String, Vec<Version>)>> {
+        let mut entries = Vec::with_capacity(batch.len());
+        for entry in batch {
             validate_key(&entry.key)?;
             if entry.versions.is_empty() || entry.versions.len() > MAX_VERSIONS_PER_ENTRY {
                 return Err(Error::InvalidInput(format!(
@@ -288,20 +323,65 @@ impl Replica {
             }
             entries.push((entry.key, entry.versions));
         }
-        let keys = entries.len();
-        let incoming = entries.clone();
+        Ok(entries)
+    }
+
+    /// Merges validated entries in one transaction; returns the records and how many keys changed.
+    async fn merge_entries(&self, entries: &[(String, Vec<Version>)]) -> Result<(Vec<MergeRecord>, usize)> {
+        let incoming = entries.to_vec();
         let records = self.blocking(move |store| store.merge_remote(&incoming)).await?;
-        let versions: Vec<&Version> = entries.iter().flat_map(|(_, vs)| vs.iter()).collect();
-        let mut changed = 0;
-        for (record, version) in records.iter().zip(versions) {
-            changed += usize::from(record.outcome.changed());
-            self.log_merge(from, record, version);
+        let changed: HashSet<&str> = records.iter().filter(|r| r.outcome.changed()).map(|r| r.key.as_str()).collect();
+        let changed = changed.len();
+        Ok((records, changed))
+    }
+
+    /// Merges keys pulled by anti-entropy from `from`; returns how many keys changed here.
+    /// Validated like a replication batch, applied all-or-nothing, logged per changed key at debug
+    /// level (the round logs one summary line).
+    pub async fn merge_pulled(&self, from: ReplicaId, pulled: Vec<ReplicateEntry>) -> Result<usize> {
+        let entries = self.validate_entries(pulled)?;
+        let (records, changed) = self.merge_entries(&entries).await?;
+        for r in records.iter().filter(|r| r.outcome.changed()) {
+            debug!(
+                "replica {} · key {} · anti-entropy from replica {from}: local {} vs received {} → {:?}",
+                self.id(),
+                r.key,
+                show_clocks(&r.local),
+                r.received,
+                r.outcome
+            );
         }
-        // The peer is evidently up: if our sender to it is backing off, let it retry now.
-        if let Some(link) = self.links.iter().find(|l| l.member.id == from) {
-            link.peer_is_up();
-        }
-        Ok(ReplicateResponse { keys, changed })
+        Ok(changed)
+    }
+
+    /// This replica's anti-entropy digests.
+    pub async fn range_digests(&self, ranges: usize) -> Result<Vec<[u8; 32]>> {
+        self.blocking(move |store| store.range_digests(ranges)).await
+    }
+
+    /// Answers a peer's digest request.
+    pub async fn serve_digest(&self, request: DigestRequest) -> Result<DigestResponse> {
+        self.check_peer(request.from, "digest request")?;
+        requested_ranges(request.ranges, &[]).map_err(Error::InvalidInput)?;
+        let digests = self.range_digests(request.ranges).await?;
+        Ok(DigestResponse { digests: digests.iter().map(hex::encode).collect() })
+    }
+
+    /// Answers a peer's request for the keys of some hash ranges.
+    pub async fn serve_entries(&self, request: EntriesRequest) -> Result<EntriesResponse> {
+        self.check_peer(request.from, "entries request")?;
+        let ranges = requested_ranges(request.of, &request.ranges).map_err(Error::InvalidInput)?;
+        let (of, limit) = (request.of, request.limit.min(MAX_AE_KEYS_PER_ANSWER));
+        let (entries, truncated) =
+            self.blocking(move |store| store.range_entries(of, &ranges, limit, AE_MAX_RESPONSE_BYTES)).await?;
+        let entries =
+            entries.into_iter().map(|(key, set)| ReplicateEntry { key, versions: set.versions().to_vec() }).collect();
+        Ok(EntriesResponse { entries, truncated })
+    }
+
+    /// The HTTP client this replica uses toward its peers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     fn log_merge(&self, from: ReplicaId, r: &MergeRecord, v: &Version) {

@@ -25,6 +25,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use sha2::{Digest, Sha256};
 
 use crate::clock::VectorClock;
 use crate::cluster::{Layout, ReplicaId};
@@ -274,6 +275,77 @@ impl Store {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(KEYS)?.len()?)
     }
+
+    /// Anti-entropy digests: the key space split into `ranges` hash ranges, each summarised by the
+    /// XOR of SHA-256(key, stored set) over its keys. Stored sets are canonical (sorted versions,
+    /// deterministic JSON), so two replicas holding the same versions get the same digests; XOR
+    /// makes a range's digest independent of scan order. One pass over the keys.
+    pub fn range_digests(&self, ranges: usize) -> Result<Vec<[u8; 32]>> {
+        let txn = self.db.begin_read()?;
+        let keys = txn.open_table(KEYS)?;
+        let mut digests = vec![[0u8; 32]; ranges.max(1)];
+        for item in keys.iter()? {
+            let (key, set) = item?;
+            let digest = &mut digests[range_of(key.value(), ranges)];
+            let mut h = Sha256::new();
+            h.update(key.value().as_bytes());
+            h.update([0u8]);
+            h.update(set.value());
+            for (d, x) in digest.iter_mut().zip(h.finalize()) {
+                *d ^= x;
+            }
+        }
+        Ok(digests)
+    }
+
+    /// The keys (with their sets) that fall in the given hash `ranges` out of `of`, at most `limit`
+    /// of them; the flag says whether more were left out.
+    pub fn range_entries(
+        &self,
+        of: usize,
+        ranges: &HashSet<usize>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, SiblingSet)>, bool)> {
+        let txn = self.db.begin_read()?;
+        let keys = txn.open_table(KEYS)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in keys.iter()? {
+            let (key, set) = item?;
+            if !ranges.contains(&range_of(key.value(), of)) {
+                continue;
+            }
+            if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
+                return Ok((out, true));
+            }
+            bytes += set.value().len();
+            out.push((key.value().to_string(), decode(key.value(), set.value())?));
+        }
+        Ok((out, false))
+    }
+
+    /// Removes every mark owed to `peer` — what a lost or corrupted outbox looks like. For
+    /// operators and tests (the replica must be stopped); anti-entropy repairs what it leaves.
+    pub fn clear_outbox(&self, peer: ReplicaId) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let cleared = {
+            let name = outbox_name(peer);
+            let mut outbox = txn.open_table(TableDefinition::<&str, u64>::new(&name))?;
+            let n = outbox.len()?;
+            outbox.retain(|_, _| false)?;
+            n
+        };
+        txn.commit()?;
+        Ok(cleared)
+    }
+}
+
+/// The hash range (of `ranges`) a key falls in: from SHA-256 of the key alone, so a key stays
+/// in its range whatever its value.
+pub fn range_of(key: &str, ranges: usize) -> usize {
+    let h = Sha256::digest(key.as_bytes());
+    (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize) % ranges.max(1)
 }
 
 #[cfg(test)]
@@ -354,6 +426,41 @@ mod tests {
         assert_eq!(keys(store.pending(2, Some("zzz"), 3, usize::MAX, &none).unwrap()), ["a", "b", "c"]);
         let skip: HashSet<String> = ["a".to_string(), "c".to_string()].into();
         assert_eq!(keys(store.pending(2, None, 10, usize::MAX, &skip).unwrap()), ["b", "d"]);
+    }
+
+    #[test]
+    fn equal_contents_give_equal_digests_and_differences_show_in_one_range() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Store::open(d1.path(), &layout(7000)).unwrap();
+        let b = Store::open(d2.path(), &layout(7001)).unwrap();
+        let vc = |c: &[u64]| VectorClock::from(c.to_vec());
+        let entries: Vec<(String, Vec<Version>)> =
+            (0..50).map(|i| (format!("k{i}"), vec![Version::value("v", vc(&[1, 0, 0]))])).collect();
+        a.merge_remote(&entries).unwrap();
+        b.merge_remote(&entries.iter().rev().cloned().collect::<Vec<_>>()).unwrap();
+        assert_eq!(a.range_digests(16).unwrap(), b.range_digests(16).unwrap(), "order does not matter");
+        b.merge_remote(&[("k7".into(), vec![Version::value("w", vc(&[0, 1, 0]))])]).unwrap();
+        let (da, db) = (a.range_digests(16).unwrap(), b.range_digests(16).unwrap());
+        let differing: HashSet<usize> = (0..16).filter(|&i| da[i] != db[i]).collect();
+        assert_eq!(differing, HashSet::from([range_of("k7", 16)]));
+        let (entries, more) = b.range_entries(16, &differing, 1000, usize::MAX).unwrap();
+        assert!(!more);
+        assert!(entries.iter().any(|(k, set)| k == "k7" && set.len() == 2));
+        assert!(entries.iter().all(|(k, _)| range_of(k, 16) == range_of("k7", 16)));
+        let (limited, more) = a.range_entries(16, &(0..16).collect(), 10, usize::MAX).unwrap();
+        assert_eq!((limited.len(), more), (10, true));
+    }
+
+    #[test]
+    fn clear_outbox_drops_only_that_peers_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        put(&store, "a", "1");
+        put(&store, "b", "1");
+        assert_eq!(store.clear_outbox(2).unwrap(), 2);
+        assert_eq!(store.outbox_depth(2).unwrap(), 0);
+        assert_eq!(store.outbox_depth(3).unwrap(), 2);
+        assert_eq!(store.key_count().unwrap(), 2, "data stays");
     }
 
     #[test]

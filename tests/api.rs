@@ -29,8 +29,14 @@ fn fixture_with(max_value_bytes: usize, cluster_key: Option<ClusterKey>) -> Fixt
     let dir = tempfile::tempdir().unwrap();
     // Privileged ports nobody listens on; this replica is 127.0.0.1:1 = replica 1.
     let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
-    let replica =
-        Replica::open(Config { layout, data_dir: dir.path().join("data"), max_value_bytes, cluster_key }).unwrap();
+    let replica = Replica::open(Config {
+        layout,
+        data_dir: dir.path().join("data"),
+        max_value_bytes,
+        cluster_key,
+        anti_entropy: None,
+    })
+    .unwrap();
     Fixture { replica, _dir: dir }
 }
 

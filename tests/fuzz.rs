@@ -28,6 +28,7 @@ fn replica(dir: &std::path::Path) -> Arc<Replica> {
         data_dir: dir.join("data"),
         max_value_bytes: 64,
         cluster_key: Some(ClusterKey::new(KEY).unwrap()),
+        anti_entropy: None,
     })
     .unwrap()
 }

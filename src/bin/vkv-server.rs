@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use vkv::anti_entropy::AntiEntropyConfig;
 use vkv::auth::{ClusterKey, KEY_ENV};
 use vkv::cluster::Layout;
 use vkv::protocol::DEFAULT_MAX_VALUE_BYTES;
@@ -54,6 +55,12 @@ struct Args {
     /// replica. For experiments only.
     #[arg(long, conflicts_with = "cluster_key_file")]
     insecure: bool,
+    /// Mean seconds between anti-entropy rounds (digest comparison with one peer); 0 turns it off.
+    #[arg(long, default_value_t = 10.0)]
+    anti_entropy_secs: f64,
+    /// Most keys one anti-entropy round pulls (the bandwidth bound; big repairs take more rounds).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    anti_entropy_max_keys: u64,
 }
 
 /// The cluster key from --cluster-key-file or VKV_CLUSTER_KEY; `None` only with --insecure.
@@ -120,6 +127,13 @@ async fn main() -> ExitCode {
         Ok(key) => key,
         Err(e) => return usage_error(e),
     };
+    if !(args.anti_entropy_secs.is_finite() && (0.0..=86_400.0).contains(&args.anti_entropy_secs)) {
+        return usage_error("--anti-entropy-secs must be between 0 (off) and 86400");
+    }
+    let anti_entropy = (args.anti_entropy_secs > 0.0).then(|| AntiEntropyConfig {
+        period: Duration::from_secs_f64(args.anti_entropy_secs),
+        max_keys_per_round: args.anti_entropy_max_keys as usize,
+    });
     let data_dir =
         args.data_dir.unwrap_or_else(|| PathBuf::from("vkv-data").join(format!("{}-{}", args.host, args.port)));
     let listen = args.listen.map(|a| a.to_string()).unwrap_or_else(|| layout.me().address());
@@ -129,6 +143,7 @@ async fn main() -> ExitCode {
         data_dir: data_dir.clone(),
         max_value_bytes: args.max_value_bytes,
         cluster_key: key.clone(),
+        anti_entropy,
     }) {
         Ok(r) => r,
         Err(e) => {

@@ -1,0 +1,145 @@
+//! Anti-entropy: replicas compare their contents by digest and pull what differs.
+//!
+//! The outbox only repairs what it remembers. A mark can be lost (an outbox cleared by an
+//! operator, a corrupted file) and then the write it stood for never ships. Anti-entropy closes
+//! that gap the way Dynamo and Riak do with Merkle trees, in a flatter form:
+//!
+//! ```text
+//!   replica A (puller)                                   replica P (a peer, round-robin)
+//!   digests of its keys in 64 hash ranges
+//!                          ── POST /peer/digest ──►      digests of its keys in 64 ranges
+//!   compare: ranges 7 and 41 differ
+//!                          ── POST /peer/entries ──►     every key in ranges 7 and 41
+//!   merge each with the usual join (at most --anti-entropy-max-keys per round)
+//! ```
+//!
+//! A range's digest is the XOR of SHA-256(key, canonical sibling set) over its keys, so equal
+//! contents give equal digests whatever the write order. Each replica pulls in its own rounds, so
+//! a difference between A and P is repaired on A by A's round and on P by P's. The merge is the
+//! same join as replication: pulling a key that is already up to date changes nothing.
+//!
+//! Cost per round: one scan of the local keys, one of the peer's, 64 digests on the wire, then
+//! only the keys of differing ranges (bounded by a key count and a byte budget per round).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::cluster::Member;
+use crate::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
+use crate::replica::Replica;
+use crate::replication::signed_post;
+
+/// Settings of the anti-entropy task.
+#[derive(Debug, Clone)]
+pub struct AntiEntropyConfig {
+    /// Mean time between rounds (each round talks to one peer, round-robin). Jittered ±50%.
+    pub period: Duration,
+    /// Most keys pulled in one round: the bandwidth bound. Larger repairs take several rounds.
+    pub max_keys_per_round: usize,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default)]
+pub struct RoundReport {
+    /// Ranges whose digests differed.
+    pub differing_ranges: usize,
+    /// Keys received from the peer.
+    pub pulled: usize,
+    /// Keys whose state changed here.
+    pub repaired: usize,
+    /// True when the peer had more keys in those ranges than this round could take.
+    pub truncated: bool,
+}
+
+async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    replica: &Replica,
+    peer: &Member,
+    path: &str,
+    body: &Req,
+) -> Result<Resp, String> {
+    let url = format!("http://{}{path}", peer.address());
+    let response = signed_post(replica.http(), &url, body, replica.cluster_key())
+        .send()
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(format!("{path}: peer answered {status}: {}", text.trim()));
+    }
+    response.json().await.map_err(|e| format!("{path}: bad answer: {e}"))
+}
+
+/// One round against `peer`: compare digests, pull the keys of the ranges that differ, merge.
+pub async fn pull_round(replica: &Replica, peer: &Member, max_keys: usize) -> Result<RoundReport, String> {
+    let mine = replica.range_digests(AE_RANGES).await.map_err(|e| e.to_string())?;
+    let theirs: DigestResponse =
+        call(replica, peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }).await?;
+    if theirs.digests.len() != AE_RANGES {
+        return Err(format!("peer sent {} digests for {AE_RANGES} ranges", theirs.digests.len()));
+    }
+    let differing: Vec<usize> = (0..AE_RANGES).filter(|&i| hex::encode(mine[i]) != theirs.digests[i]).collect();
+    let mut report = RoundReport { differing_ranges: differing.len(), ..RoundReport::default() };
+    if differing.is_empty() {
+        return Ok(report);
+    }
+    let request = EntriesRequest { from: replica.id(), of: AE_RANGES, ranges: differing, limit: max_keys };
+    let answer: EntriesResponse = call(replica, peer, "/peer/entries", &request).await?;
+    report.pulled = answer.entries.len();
+    report.truncated = answer.truncated;
+    report.repaired = replica.merge_pulled(peer.id, answer.entries).await.map_err(|e| e.to_string())?;
+    Ok(report)
+}
+
+/// The background task: a round every `period` (jittered), peers in turn, until `stop`.
+pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: watch::Receiver<bool>) {
+    let peers: Vec<Member> = replica.layout().peers().cloned().collect();
+    if peers.is_empty() {
+        return;
+    }
+    let me = replica.id();
+    let mut next = rand::rng().random_range(0..peers.len());
+    loop {
+        let jitter = rand::rng().random_range(0.5..1.5);
+        tokio::select! {
+            _ = tokio::time::sleep(config.period.mul_f64(jitter)) => {}
+            _ = stop.changed() => break,
+        }
+        let peer = &peers[next % peers.len()];
+        next += 1;
+        let round = tokio::select! {
+            r = pull_round(&replica, peer, config.max_keys_per_round) => r,
+            _ = stop.changed() => break,
+        };
+        match round {
+            Ok(r) if r.differing_ranges == 0 => debug!("replica {me} ⇐ replica {} · anti-entropy: in sync", peer.id),
+            Ok(r) => info!(
+                "replica {me} ⇐ replica {} · anti-entropy: {} of {AE_RANGES} ranges differed; pulled {} key(s), \
+                 repaired {} here{}",
+                peer.id,
+                r.differing_ranges,
+                r.pulled,
+                r.repaired,
+                if r.truncated { " (more next round)" } else { "" }
+            ),
+            // A down peer is the senders' news to report; here it would repeat every period.
+            Err(e) => debug!("replica {me} ⇐ replica {} · anti-entropy round failed: {e}", peer.id),
+        }
+    }
+}
+
+/// Ranges requested by a peer, validated.
+pub fn requested_ranges(of: usize, ranges: &[usize]) -> Result<HashSet<usize>, String> {
+    if of == 0 || of > crate::protocol::MAX_AE_RANGES {
+        return Err(format!("ranges must be between 1 and {}", crate::protocol::MAX_AE_RANGES));
+    }
+    if let Some(bad) = ranges.iter().find(|&&r| r >= of) {
+        return Err(format!("range {bad} is outside 0..{of}"));
+    }
+    Ok(ranges.iter().copied().collect())
+}
