@@ -117,7 +117,11 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
             _ = stop.changed() => break,
         };
         match round {
-            Ok(r) if r.differing_ranges == 0 => debug!("replica {me} ⇐ replica {} · anti-entropy: in sync", peer.id),
+            // Ranges that differ only because this replica has more: the peer's own rounds fix it.
+            Ok(r) if r.repaired == 0 => debug!(
+                "replica {me} ⇐ replica {} · anti-entropy: {} ranges differ, nothing to take",
+                peer.id, r.differing_ranges
+            ),
             Ok(r) => info!(
                 "replica {me} ⇐ replica {} · anti-entropy: {} of {AE_RANGES} ranges differed; pulled {} key(s), \
                  repaired {} here{}",

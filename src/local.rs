@@ -99,6 +99,15 @@ impl LocalCluster {
         &self.slots[id - 1].log
     }
 
+    /// The cluster layout as replica `id` sees it (to open its store while it is stopped).
+    pub fn layout(&self, id: usize) -> crate::cluster::Layout {
+        let me = self.slots[id - 1].port;
+        let peers: Vec<u16> = self.slots.iter().map(|s| s.port).filter(|&p| p != me).collect();
+        let hosts = vec!["127.0.0.1".to_string(); peers.len()];
+        crate::cluster::Layout::from_flags("127.0.0.1", me, self.slots.len(), &hosts, &peers)
+            .expect("a local cluster's layout is valid")
+    }
+
     /// The data dir of replica `id`.
     pub fn data_dir(&self, id: usize) -> &Path {
         &self.slots[id - 1].data_dir

@@ -3,34 +3,27 @@
 
 use std::time::{Duration, Instant};
 
-use vkv::cluster::Layout;
 use vkv::local::{free_ports, LocalCluster, Stop};
 use vkv::store::Store;
 
 const N: usize = 5;
 
-fn layout_of(ports: &[u16], id: usize) -> Layout {
-    let me = ports[id - 1];
-    let peers: Vec<u16> = ports.iter().copied().filter(|&p| p != me).collect();
-    Layout::from_flags("127.0.0.1", me, ports.len(), &vec!["127.0.0.1".to_string(); peers.len()], &peers).unwrap()
-}
-
 /// Drops every outbox mark of replica `id` (which must be stopped): its queued writes are now
 /// known to no sender.
-fn drop_outbox(cluster: &LocalCluster, ports: &[u16], id: usize) -> u64 {
-    let store = Store::open(cluster.data_dir(id), &layout_of(ports, id)).unwrap();
-    let layout = layout_of(ports, id);
+fn drop_outbox(cluster: &LocalCluster, id: usize) -> u64 {
+    let layout = cluster.layout(id);
+    let store = Store::open(cluster.data_dir(id), &layout).unwrap();
     layout.peers().map(|p| store.clear_outbox(p.id).unwrap()).sum()
 }
 
-async fn start() -> (LocalCluster, Vec<u16>, tempfile::TempDir) {
+async fn start() -> (LocalCluster, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     let ports = free_ports(N).unwrap();
     let mut cluster = LocalCluster::new(env!("CARGO_BIN_EXE_vkv-server"), ports.clone(), root.path())
         .with_args(["--anti-entropy-secs", "0.3"]);
     cluster.start_all().unwrap();
     cluster.wait_all_healthy(Duration::from_secs(10)).await.unwrap();
-    (cluster, ports, root)
+    (cluster, root)
 }
 
 async fn restart(cluster: &mut LocalCluster, ids: &[usize]) {
@@ -68,7 +61,7 @@ async fn wait_for_keys(cluster: &LocalCluster, id: usize, prefix: &str, count: u
 /// of those writes any more; the peers still get all 40 by comparing digests with replica 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_whose_outbox_was_lost_reach_every_peer() {
-    let (mut cluster, ports, _root) = start().await;
+    let (mut cluster, _root) = start().await;
     for id in 2..=N {
         cluster.stop(id, Stop::Clean).unwrap();
     }
@@ -77,7 +70,7 @@ async fn writes_whose_outbox_was_lost_reach_every_peer() {
         r1.put(&format!("lost-{i}"), &format!("value-{i}"), None).await.unwrap();
     }
     cluster.stop(1, Stop::Clean).unwrap();
-    assert_eq!(drop_outbox(&cluster, &ports, 1), 40 * 4, "40 marks for each of 4 peers dropped");
+    assert_eq!(drop_outbox(&cluster, 1), 40 * 4, "40 marks for each of 4 peers dropped");
     restart(&mut cluster, &[1, 2, 3, 4, 5]).await;
     for id in 2..=N {
         wait_for_keys(&cluster, id, "lost", 40).await;
@@ -90,7 +83,7 @@ async fn writes_whose_outbox_was_lost_reach_every_peer() {
 /// Replica 5 comes back and converges through anti-entropy alone, and logs the repair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_missed_writes_converges_after_its_peers_queues_were_cleared() {
-    let (mut cluster, ports, _root) = start().await;
+    let (mut cluster, _root) = start().await;
     cluster.stop(5, Stop::Crash).unwrap();
     for i in 0..30 {
         let id = 1 + i % 2;
@@ -98,8 +91,8 @@ async fn a_replica_that_missed_writes_converges_after_its_peers_queues_were_clea
     }
     cluster.stop(1, Stop::Clean).unwrap();
     cluster.stop(2, Stop::Clean).unwrap();
-    drop_outbox(&cluster, &ports, 1);
-    drop_outbox(&cluster, &ports, 2);
+    drop_outbox(&cluster, 1);
+    drop_outbox(&cluster, 2);
     restart(&mut cluster, &[1, 2, 5]).await;
     wait_for_keys(&cluster, 5, "missed", 30).await;
     let log = std::fs::read_to_string(cluster.log_path(5)).unwrap();

@@ -37,6 +37,8 @@ enum Scenario {
     Chaos,
     /// 6: a network partition (docker only).
     Partition,
+    /// 7: keys no outbox remembers converge through anti-entropy (local only).
+    AntiEntropy,
 }
 
 /// Runs the vkv scenarios against a local or docker cluster and checks every claim.
@@ -58,6 +60,9 @@ struct Args {
     /// Concurrent clients in the chaos phase.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     chaos_clients: u64,
+    /// Keys the anti-entropy scenario makes replicas repair.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ae_keys: u64,
     /// Seed for the chaos phase's random choices [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
@@ -129,6 +134,7 @@ async fn run_all(ctx: &mut Ctx, chosen: &[Scenario], args: &Args, seed: u64) -> 
                 chaos::chaos(ctx, &cfg).await
             }
             Scenario::Partition => scenarios::partition(ctx).await,
+            Scenario::AntiEntropy => scenarios::anti_entropy(ctx, args.ae_keys as usize).await,
         };
         if let Err(e) = outcome {
             ctx.report.check(false, format!("scenario {s:?} ran to the end"), e);
@@ -172,9 +178,15 @@ async fn main() -> ExitCode {
             chosen.push(Scenario::Partition);
         }
         chosen.push(Scenario::Chaos);
+        if !args.docker {
+            chosen.push(Scenario::AntiEntropy);
+        }
     }
     if chosen.contains(&Scenario::Partition) && !args.docker {
         return fail("the partition scenario needs --docker");
+    }
+    if chosen.contains(&Scenario::AntiEntropy) && args.docker {
+        return fail("the anti-entropy scenario opens a stopped replica's store: local mode only");
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -193,7 +205,10 @@ async fn main() -> ExitCode {
         let data = logs.join("data");
         let _ = std::fs::remove_dir_all(&data);
         let ports: Vec<u16> = (0..n as u16).map(|i| args.base_port + i).collect();
-        Backend::Local(LocalCluster::with_log_dir(server, ports, &data, &logs))
+        Backend::Local(
+            LocalCluster::with_log_dir(server, ports, &data, &logs)
+                .with_args(["--anti-entropy-secs", scenarios::DRIVER_AE_SECS]),
+        )
     };
     let mut ctx = Ctx { backend, report: Report::default(), up: vec![true; n] };
     say!("vkv driver · {mode} mode · {n} replicas · logs in {}", logs.display());

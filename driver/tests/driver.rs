@@ -37,7 +37,7 @@ fn driver_runs_every_local_scenario_and_passes() {
     let logs = tempfile::tempdir().unwrap();
     let base = free_range(5, 0);
     let out = Command::new(DRIVER)
-        .args(["--base-port", &base.to_string(), "--chaos-secs", "5", "--seed", "7", "--logs"])
+        .args(["--base-port", &base.to_string(), "--chaos-secs", "5", "--seed", "7", "--ae-keys", "500", "--logs"])
         .arg(logs.path())
         .arg("--server-bin")
         .arg(server_bin())
@@ -46,7 +46,9 @@ fn driver_runs_every_local_scenario_and_passes() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "driver failed:\n{stdout}\n{stderr}");
-    for scenario in ["1 no conflict", "2 conflict", "3 conflict while offline", "4 dynamo D1-D5", "5 chaos"] {
+    for scenario in
+        ["1 no conflict", "2 conflict", "3 conflict while offline", "4 dynamo D1-D5", "5 chaos", "7 anti-entropy"]
+    {
         assert!(stdout.contains(&format!("PASS  {scenario}")), "{scenario} missing from summary:\n{stdout}");
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
