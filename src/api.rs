@@ -175,8 +175,13 @@ async fn entries(
     Ok(Json(replica.serve_entries(request).await?).into_response())
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// 200 when serving reads and writes; 503 while recovering from the peers (reads only).
+async fn health(State(replica): Shared) -> Response {
+    if replica.is_recovering() {
+        let body = serde_json::json!({"status": "recovering", "error": "recovering from peers: writes are refused"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
 async fn status(State(replica): Shared) -> Result<Response, AppError> {

@@ -152,6 +152,9 @@ pub struct EntriesRequest {
     pub ranges: Vec<usize>,
     /// Most keys to send.
     pub limit: usize,
+    /// Send only keys after this one (key order), to page through a large answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// Answer to `POST /peer/entries`.
@@ -176,6 +179,9 @@ pub struct StatusResponse {
     pub peers: Vec<PeerStatus>,
     /// Keys stored, tombstoned keys included.
     pub keys: u64,
+    /// True while the replica, started on an empty data dir, recovers from its peers (no writes).
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 /// One peer as seen from a replica.

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ pub struct Config {
     pub cluster_key: Option<ClusterKey>,
     /// Periodic digest comparison with peers; `None` turns it off.
     pub anti_entropy: Option<AntiEntropyConfig>,
+    /// Accept writes at once even on an empty data dir (skip recovery from the peers). Safe only
+    /// for a brand-new cluster, or when a peer is gone for good and its data with it.
+    pub skip_recovery: bool,
 }
 
 /// One replica.
@@ -71,6 +75,8 @@ pub struct Replica {
     max_value_bytes: usize,
     cluster_key: Option<ClusterKey>,
     anti_entropy: Option<AntiEntropyConfig>,
+    /// True from the start on an empty data dir until every peer's keys were pulled.
+    recovering: AtomicBool,
 }
 
 /// Checks a key against the documented limits.
@@ -128,6 +134,14 @@ impl Replica {
     /// Opens the store and prepares (but does not start) the senders.
     pub fn open(config: Config) -> Result<Arc<Replica>> {
         let store = Store::open(&config.data_dir, &config.layout)?;
+        let mut recovering = store.needs_recovery()?;
+        if recovering && (config.skip_recovery || config.layout.n() == 1) {
+            if config.layout.n() > 1 {
+                warn!("--skip-recovery: accepting writes on an empty data dir without pulling from peers");
+            }
+            store.mark_recovered()?;
+            recovering = false;
+        }
         let links = config.layout.peers().map(|m| Arc::new(PeerLink::new(m.clone()))).collect();
         Ok(Arc::new(Replica {
             layout: config.layout,
@@ -137,6 +151,7 @@ impl Replica {
             max_value_bytes: config.max_value_bytes,
             cluster_key: config.cluster_key,
             anti_entropy: config.anti_entropy,
+            recovering: AtomicBool::new(recovering),
         }))
     }
 
@@ -148,6 +163,18 @@ impl Replica {
     /// The cluster layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// True until a replica started on an empty data dir has pulled every peer's keys.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(Ordering::SeqCst)
+    }
+
+    /// Records that recovery is complete and starts accepting writes.
+    pub async fn finish_recovery(&self) -> Result<()> {
+        self.blocking(|store| store.mark_recovered()).await?;
+        self.recovering.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The cluster key peer requests must be signed with (`None`: `--insecure`).
@@ -168,6 +195,9 @@ impl Replica {
             let sender =
                 Sender::new(self.id(), self.store.clone(), link.clone(), self.http.clone(), self.cluster_key.clone());
             tasks.spawn(sender.run(stop_rx.clone()));
+        }
+        if self.is_recovering() {
+            tasks.spawn(crate::anti_entropy::recover(self.clone(), stop_rx.clone()));
         }
         if let Some(config) = self.anti_entropy.clone() {
             tasks.spawn(crate::anti_entropy::run(self.clone(), config, stop_rx.clone()));
@@ -224,6 +254,13 @@ impl Replica {
     /// which runs to the end even if the client gives up and this future is dropped: a
     /// committed write is always announced to the senders.
     pub async fn write(&self, key: String, value: Option<String>, context: Option<VectorClock>) -> Result<VectorClock> {
+        if self.is_recovering() {
+            return Err(Error::Unavailable(format!(
+                "replica {} started on an empty data dir and is still pulling its keys from every peer; \
+                 writes are refused until then so that no clock counter is reused (reads are served)",
+                self.id()
+            )));
+        }
         validate_key(&key)?;
         if let Some(v) = &value {
             self.check_value(v)?;
@@ -371,9 +408,10 @@ impl Replica {
     pub async fn serve_entries(&self, request: EntriesRequest) -> Result<EntriesResponse> {
         self.check_peer(request.from, "entries request")?;
         let ranges = requested_ranges(request.of, &request.ranges).map_err(Error::InvalidInput)?;
-        let (of, limit) = (request.of, request.limit.min(MAX_AE_KEYS_PER_ANSWER));
-        let (entries, truncated) =
-            self.blocking(move |store| store.range_entries(of, &ranges, limit, AE_MAX_RESPONSE_BYTES)).await?;
+        let (of, limit, after) = (request.of, request.limit.min(MAX_AE_KEYS_PER_ANSWER), request.after);
+        let (entries, truncated) = self
+            .blocking(move |store| store.range_entries(of, &ranges, after.as_deref(), limit, AE_MAX_RESPONSE_BYTES))
+            .await?;
         let entries =
             entries.into_iter().map(|(key, set)| ReplicateEntry { key, versions: set.versions().to_vec() }).collect();
         Ok(EntriesResponse { entries, truncated })
@@ -423,8 +461,7 @@ impl Replica {
             let (http, member) = (self.http.clone(), link.member.clone());
             probes.spawn(async move {
                 let url = format!("http://{}/health", member.address());
-                let ok =
-                    http.get(url).timeout(PROBE_TIMEOUT).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+                let ok = http.get(url).timeout(PROBE_TIMEOUT).send().await.is_ok(); // any answer, "recovering" too
                 (member.id, ok)
             });
         }
@@ -456,6 +493,7 @@ impl Replica {
             members: self.layout.members().to_vec(),
             peers,
             keys,
+            recovering: self.is_recovering(),
         })
     }
 }

@@ -36,6 +36,7 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const MARK_SEQUENCE: &str = "mark_sequence";
+const RECOVERED: &str = "recovered";
 const DB_FILE: &str = "vkv.redb";
 
 fn outbox_name(peer: ReplicaId) -> String {
@@ -103,6 +104,9 @@ impl Store {
                 (None, None) => {
                     meta.insert("cluster", fingerprint.as_str())?;
                     meta.insert("self", me.as_str())?;
+                    // A new (or wiped) data dir: this replica may have issued clock counters
+                    // before, on a disk now gone. It must learn them from its peers first.
+                    meta.insert(RECOVERED, "no")?;
                 }
                 (Some(c), Some(s)) if c == fingerprint && s == me => {}
                 (c, s) => {
@@ -125,6 +129,22 @@ impl Store {
         }
         txn.commit()?;
         Ok(Store { db, dir: dir.to_path_buf(), peers: layout.peers().map(|m| m.id).collect() })
+    }
+
+    /// True while this store was created empty and has not yet completed recovery from the
+    /// peers (see `replica`: such a replica refuses writes so it cannot reissue a clock counter).
+    pub fn needs_recovery(&self) -> Result<bool> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(RECOVERED)?.is_some_and(|v| v.value() == "no"))
+    }
+
+    /// Records, durably, that recovery from the peers is complete.
+    pub fn mark_recovered(&self) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(RECOVERED, "yes")?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// The directory holding the store.
@@ -300,10 +320,12 @@ impl Store {
 
     /// The keys (with their sets) that fall in the given hash `ranges` out of `of`, at most `limit`
     /// of them; the flag says whether more were left out.
+    /// Keys come in key order, starting after `after` when given (to page through a large range).
     pub fn range_entries(
         &self,
         of: usize,
         ranges: &HashSet<usize>,
+        after: Option<&str>,
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<(String, SiblingSet)>, bool)> {
@@ -311,7 +333,11 @@ impl Store {
         let keys = txn.open_table(KEYS)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for item in keys.iter()? {
+        let scan = match after {
+            Some(a) => keys.range::<&str>((Bound::Excluded(a), Bound::Unbounded))?,
+            None => keys.iter()?,
+        };
+        for item in scan {
             let (key, set) = item?;
             if !ranges.contains(&range_of(key.value(), of)) {
                 continue;
@@ -443,12 +469,29 @@ mod tests {
         let (da, db) = (a.range_digests(16).unwrap(), b.range_digests(16).unwrap());
         let differing: HashSet<usize> = (0..16).filter(|&i| da[i] != db[i]).collect();
         assert_eq!(differing, HashSet::from([range_of("k7", 16)]));
-        let (entries, more) = b.range_entries(16, &differing, 1000, usize::MAX).unwrap();
+        let (entries, more) = b.range_entries(16, &differing, None, 1000, usize::MAX).unwrap();
         assert!(!more);
         assert!(entries.iter().any(|(k, set)| k == "k7" && set.len() == 2));
         assert!(entries.iter().all(|(k, _)| range_of(k, 16) == range_of("k7", 16)));
-        let (limited, more) = a.range_entries(16, &(0..16).collect(), 10, usize::MAX).unwrap();
+        let (limited, more) = a.range_entries(16, &(0..16).collect(), None, 10, usize::MAX).unwrap();
         assert_eq!((limited.len(), more), (10, true));
+        let last = limited.last().unwrap().0.clone();
+        let (rest, more) = a.range_entries(16, &(0..16).collect(), Some(&last), 100, usize::MAX).unwrap();
+        assert_eq!((rest.len(), more), (40, false), "paging after the last key returns the rest");
+        assert!(rest.iter().all(|(k, _)| k.as_str() > last.as_str()));
+    }
+
+    #[test]
+    fn a_new_store_needs_recovery_until_marked_and_a_reopened_one_remembers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        assert!(store.needs_recovery().unwrap());
+        drop(store);
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        assert!(store.needs_recovery().unwrap(), "a crash during recovery resumes it");
+        store.mark_recovered().unwrap();
+        drop(store);
+        assert!(!Store::open(dir.path(), &layout(7000)).unwrap().needs_recovery().unwrap());
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn fixture_with(max_value_bytes: usize, cluster_key: Option<ClusterKey>) -> Fixt
         max_value_bytes,
         cluster_key,
         anti_entropy: None,
+        skip_recovery: true,
     })
     .unwrap();
     Fixture { replica, _dir: dir }
@@ -196,6 +197,32 @@ async fn an_insecure_replica_accepts_unsigned_peers() {
     let body = batch(2, json!([{"key": "k", "versions": [{"value": "v", "clock": [0, 1, 0]}]}]));
     let (status, resp) = f.call_with("POST", "/replicate", Some(&body), None).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
+}
+
+/// A replica on a new data dir whose peers cannot be reached stays in recovery: writes get 503
+/// with the reason, reads are served, /health says recovering.
+#[tokio::test]
+async fn a_recovering_replica_refuses_writes_but_serves_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
+    let config = Config {
+        layout,
+        data_dir: dir.path().join("data"),
+        max_value_bytes: 1024,
+        cluster_key: None,
+        anti_entropy: None,
+        skip_recovery: false,
+    };
+    let f = Fixture { replica: Replica::open(config).unwrap(), _dir: dir };
+    f.expect_error("PUT", "/kv/k", Some(r#"{"value": "v"}"#), StatusCode::SERVICE_UNAVAILABLE, "still pulling").await;
+    f.expect_error("DELETE", "/kv/k", None, StatusCode::SERVICE_UNAVAILABLE, "clock counter").await;
+    f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
+    let (status, body) = f.call("GET", "/health", None).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("recovering")));
+    assert!(f.replica.status().await.unwrap().recovering);
+    f.replica.finish_recovery().await.unwrap();
+    let (status, _) = f.put("k", json!({"value": "v"})).await;
+    assert_eq!(status, StatusCode::OK, "writes are accepted once recovered");
 }
 
 #[tokio::test]

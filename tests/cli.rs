@@ -72,7 +72,8 @@ fn server_needs_a_cluster_key_or_insecure() {
 fn server_refuses_a_data_dir_of_another_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2).unwrap();
-    let mut cluster = LocalCluster::new(SERVER, ports.clone(), dir.path());
+    // Only replica 1 of 2 runs, so it must not wait to recover from replica 2.
+    let mut cluster = LocalCluster::new(SERVER, ports.clone(), dir.path()).with_args(["--skip-recovery"]);
     cluster.start(1).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(cluster.wait_healthy(1, Duration::from_secs(10))).unwrap();

@@ -29,6 +29,7 @@ fn replica(dir: &std::path::Path) -> Arc<Replica> {
         max_value_bytes: 64,
         cluster_key: Some(ClusterKey::new(KEY).unwrap()),
         anti_entropy: None,
+        skip_recovery: true,
     })
     .unwrap()
 }

@@ -55,6 +55,10 @@ struct Args {
     /// replica. For experiments only.
     #[arg(long, conflicts_with = "cluster_key_file")]
     insecure: bool,
+    /// Accept writes at once on an empty data dir, without first pulling every key from every
+    /// peer. Only for a brand-new cluster, or when a peer is lost for good.
+    #[arg(long)]
+    skip_recovery: bool,
     /// Mean seconds between anti-entropy rounds (digest comparison with one peer); 0 turns it off.
     #[arg(long, default_value_t = 10.0)]
     anti_entropy_secs: f64,
@@ -144,6 +148,7 @@ async fn main() -> ExitCode {
         max_value_bytes: args.max_value_bytes,
         cluster_key: key.clone(),
         anti_entropy,
+        skip_recovery: args.skip_recovery,
     }) {
         Ok(r) => r,
         Err(e) => {
