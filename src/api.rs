@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,12 +16,14 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use crate::auth::SIGNATURE_HEADER;
+use crate::clock::VectorClock;
 use crate::error::Error;
 use crate::protocol::{
-    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, ReadResponse, ReplicateRequest,
-    WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
+    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, PeerReadRequest, ReadQuery, ReadResponse,
+    ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
 };
-use crate::replica::Replica;
+use crate::quorum::{check_quorum, read_quorum, write_quorum};
+use crate::replica::{validate_key, Replica};
 
 /// An error on its way to the client.
 pub struct AppError(Error);
@@ -76,12 +78,25 @@ fn parse<T: DeserializeOwned>(body: &Bytes, empty: Option<T>) -> Result<T, AppEr
 
 type Shared = State<Arc<Replica>>;
 
+fn from_query(rejection: QueryRejection) -> AppError {
+    AppError(Error::InvalidInput(format!("bad query: {}", rejection.body_text())))
+}
+
 async fn read_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Json<ReadResponse>, AppError> {
     let Path(key) = key.map_err(from_path)?;
-    let set = replica.read(key.clone()).await?;
+    let Query(query) = query.map_err(from_query)?;
+    let set = match query.r {
+        Some(r) => {
+            check_quorum("r", r, replica.layout().n())?;
+            validate_key(&key)?;
+            read_quorum(&replica, &key, r).await?
+        }
+        None => replica.read(key.clone()).await?,
+    };
     if set.is_deleted() {
         return Err(Error::NotFound(format!("key {key:?} not found")).into());
     }
@@ -89,26 +104,58 @@ async fn read_key(
     Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }))
 }
 
+/// A client write or delete, then the `?w=K` wait if asked.
+async fn write_with_quorum(
+    replica: &Arc<Replica>,
+    key: String,
+    value: Option<String>,
+    context: Option<VectorClock>,
+    w: Option<usize>,
+) -> Result<Json<WriteResponse>, AppError> {
+    if let Some(w) = w {
+        check_quorum("w", w, replica.layout().n())?;
+    }
+    let clock = replica.write(key.clone(), value, context).await?;
+    let acks = match w {
+        Some(w) => Some(write_quorum(replica, &key, &clock, w).await?),
+        None => None,
+    };
+    Ok(Json(WriteResponse { key, clock, replica: replica.id(), acks }))
+}
+
 async fn write_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<WriteQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WriteResponse>, AppError> {
     let Path(key) = key.map_err(from_path)?;
+    let Query(query) = query.map_err(from_query)?;
     let request: WriteRequest = parse(&body.map_err(from_body)?, None)?;
-    let clock = replica.write(key.clone(), Some(request.value), request.context).await?;
-    Ok(Json(WriteResponse { key, clock, replica: replica.id() }))
+    write_with_quorum(&replica, key, Some(request.value), request.context, query.w).await
 }
 
 async fn delete_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
+    query: Result<Query<WriteQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WriteResponse>, AppError> {
     let Path(key) = key.map_err(from_path)?;
+    let Query(query) = query.map_err(from_query)?;
     let request: DeleteRequest = parse(&body.map_err(from_body)?, Some(DeleteRequest::default()))?;
-    let clock = replica.write(key.clone(), None, request.context).await?;
-    Ok(Json(WriteResponse { key, clock, replica: replica.id() }))
+    write_with_quorum(&replica, key, None, request.context, query.w).await
+}
+
+async fn peer_read(
+    State(replica): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body.map_err(from_body)?;
+    authenticate(&replica, &headers, &body)?;
+    let request: PeerReadRequest = parse(&body, None)?;
+    Ok(Json(replica.serve_peer_read(request).await?).into_response())
 }
 
 /// Checks a peer request's signature (unless the replica runs `--insecure`), before parsing.
@@ -213,6 +260,7 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .route("/replicate", post(replicate).layer(DefaultBodyLimit::max(MAX_REPLICATE_BODY_BYTES)))
         .route("/peer/hello", post(hello))
         .route("/peer/digest", post(digest))
+        .route("/peer/read", post(peer_read))
         .route("/peer/entries", post(entries))
         .route("/health", get(health))
         .route("/status", get(status))

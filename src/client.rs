@@ -150,7 +150,15 @@ impl Client {
 
     /// Reads a key: `None` when it does not exist (or was deleted).
     pub async fn get(&self, key: &str) -> Result<Option<ReadResponse>, ClientError> {
-        let url = self.key_url(key)?;
+        self.get_quorum(key, None).await
+    }
+
+    /// Reads a key from `r` replicas (`?r=`), merged and read-repaired; `None` reads one.
+    pub async fn get_quorum(&self, key: &str, r: Option<usize>) -> Result<Option<ReadResponse>, ClientError> {
+        let mut url = self.key_url(key)?;
+        if let Some(r) = r {
+            url.query_pairs_mut().append_pair("r", &r.to_string());
+        }
         self.send(self.http.get(url.clone()), &url).await
     }
 
@@ -161,7 +169,21 @@ impl Client {
         value: &str,
         context: Option<VectorClock>,
     ) -> Result<WriteResponse, ClientError> {
-        let url = self.key_url(key)?;
+        self.put_quorum(key, value, context, None).await
+    }
+
+    /// Writes a value and waits until `w` replicas hold it (`?w=`); `None` answers once durable here.
+    pub async fn put_quorum(
+        &self,
+        key: &str,
+        value: &str,
+        context: Option<VectorClock>,
+        w: Option<usize>,
+    ) -> Result<WriteResponse, ClientError> {
+        let mut url = self.key_url(key)?;
+        if let Some(w) = w {
+            url.query_pairs_mut().append_pair("w", &w.to_string());
+        }
         let body = WriteRequest { value: value.to_string(), context };
         Self::expect_found(self.send(self.http.put(url.clone()).json(&body), &url).await?)
     }

@@ -19,6 +19,7 @@
 //!   replica      the node: client writes, peer merges, logging of every decision, senders
 //!   replication  one background sender per peer, draining the durable outbox
 //!   anti_entropy periodic digest comparison with peers, pulling the keys that differ
+//!   quorum       per-request ?w=K / ?r=K: wait for K replicas, read repair
 //!   store        redb: sibling sets and per-peer outboxes, committed together
 //!   cluster      membership: member order, ids, clock positions, flag validation
 //!   versions     sibling sets and the merge rule (pure)
@@ -47,6 +48,7 @@ pub mod cluster;
 pub mod error;
 pub mod local;
 pub mod protocol;
+pub mod quorum;
 pub mod replica;
 pub mod replication;
 pub mod store;

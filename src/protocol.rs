@@ -50,6 +50,9 @@ pub struct WriteResponse {
     pub clock: VectorClock,
     /// The replica that coordinated the write.
     pub replica: ReplicaId,
+    /// With `?w=K`: how many replicas held the write when the answer left (≥ K).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<usize>,
 }
 
 /// Answer to `GET /kv/{key}`: every version (one unless there is a conflict) and the context.
@@ -164,6 +167,39 @@ pub struct EntriesResponse {
     pub entries: Vec<ReplicateEntry>,
     /// True when keys were left out (limit reached): ask again next round.
     pub truncated: bool,
+}
+
+/// `POST /peer/read`: a quorum read asks a peer for its whole sibling set of one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerReadRequest {
+    /// The asking replica.
+    pub from: ReplicaId,
+    /// The key.
+    pub key: String,
+}
+
+/// Answer to `POST /peer/read`: every version held, tombstones included (empty if none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerReadResponse {
+    /// The versions.
+    pub versions: Vec<Version>,
+}
+
+/// Query of `PUT`/`DELETE /kv/{key}`: `?w=K` waits for K replicas (this one included).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteQuery {
+    /// Replicas that must hold the write before the answer.
+    pub w: Option<usize>,
+}
+
+/// Query of `GET /kv/{key}`: `?r=K` merges the sets of K replicas (this one included).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// Replicas to read.
+    pub r: Option<usize>,
 }
 
 /// Answer to `GET /status`.

@@ -24,8 +24,9 @@ use crate::clock::VectorClock;
 use crate::cluster::{Layout, ReplicaId};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, PeerStatus, ReplicateEntry, ReplicateRequest,
-    ReplicateResponse, StatusResponse, AE_MAX_RESPONSE_BYTES, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_VERSIONS_PER_ENTRY,
+    DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, PeerReadRequest, PeerReadResponse, PeerStatus,
+    ReplicateEntry, ReplicateRequest, ReplicateResponse, StatusResponse, AE_MAX_RESPONSE_BYTES, MAX_BATCH_KEYS,
+    MAX_KEY_BYTES, MAX_VERSIONS_PER_ENTRY,
 };
 use crate::replication::{announce, peer_http_client, PeerLink, Sender};
 use crate::store::{MergeRecord, Store};
@@ -415,6 +416,13 @@ impl Replica {
         let entries =
             entries.into_iter().map(|(key, set)| ReplicateEntry { key, versions: set.versions().to_vec() }).collect();
         Ok(EntriesResponse { entries, truncated })
+    }
+
+    /// Answers a quorum read from a peer: the whole set, tombstones included.
+    pub async fn serve_peer_read(&self, request: PeerReadRequest) -> Result<PeerReadResponse> {
+        self.check_peer(request.from, "read request")?;
+        let set = self.read(request.key).await?;
+        Ok(PeerReadResponse { versions: set.versions().to_vec() })
     }
 
     /// The HTTP client this replica uses toward its peers.

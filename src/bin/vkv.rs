@@ -28,7 +28,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Read a key: its value and clock, or every conflicting value with its clock.
-    Get { key: String },
+    Get {
+        key: String,
+        /// Read this many replicas (this one included), merge and repair them.
+        #[arg(long)]
+        r: Option<usize>,
+    },
     /// Write a value. Pass the context you read (--context 2,1,0,0,0) to resolve a conflict.
     Put {
         key: String,
@@ -36,6 +41,9 @@ enum Command {
         /// The clock read with `get`, comma-separated.
         #[arg(long, value_delimiter = ',')]
         context: Option<Vec<u64>>,
+        /// Answer only once this many replicas (this one included) hold the write.
+        #[arg(long)]
+        w: Option<usize>,
     },
     /// Delete a key (a tombstone that replicates like a write).
     Delete {
@@ -105,7 +113,7 @@ async fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     let result = match cli.command {
-        Command::Get { key } => match client.get(&key).await {
+        Command::Get { key, r } => match client.get_quorum(&key, r).await {
             Ok(Some(r)) => {
                 if cli.json {
                     print_json(&r)
@@ -124,8 +132,8 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Put { key, value, context } => client
-            .put(&key, &value, context.map(VectorClock::from))
+        Command::Put { key, value, context, w } => client
+            .put_quorum(&key, &value, context.map(VectorClock::from), w)
             .await
             .map(|w| if cli.json { print_json(&w) } else { show_write(&w, "wrote") }),
         Command::Delete { key, context } => client.delete(&key, context.map(VectorClock::from)).await.map(|w| {
