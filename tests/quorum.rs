@@ -111,3 +111,29 @@ async fn quorum_sizes_are_checked() {
     assert!(matches!(&err, ClientError::Server { status: 503, message } if message.contains("only 4 of 5")), "{err}");
     assert!(r1.get_quorum("k", Some(N - 1)).await.unwrap().is_some());
 }
+
+/// A hung peer (SIGSTOP: it holds its socket but answers nothing) cannot stall client requests:
+/// plain writes never wait for peers, quorum writes give up after the quorum timeout, and the
+/// status probe after its own short timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_peer_cannot_stall_client_requests() {
+    let (mut cluster, _root) = start().await;
+    cluster.pause(2).unwrap();
+    let r1 = cluster.client(1);
+    let t = Instant::now();
+    for i in 0..20 {
+        r1.put(&format!("k{i}"), "v", None).await.unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "20 plain writes took {:?}", t.elapsed());
+    let t = Instant::now();
+    let err = r1.put_quorum("q", "v", None, Some(N)).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(err, ClientError::Server { status: 503, .. }), "{err}");
+    assert!(took < vkv::quorum::QUORUM_TIMEOUT + Duration::from_secs(1), "w=N took {took:?}");
+    assert!(r1.put_quorum("q", "v", None, Some(N - 1)).await.is_ok(), "the other four suffice");
+    let t = Instant::now();
+    let status = r1.status().await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "status took {:?}", t.elapsed());
+    assert!(!status.peers.iter().find(|p| p.id == 2).unwrap().reachable);
+    cluster.resume(2).unwrap();
+}

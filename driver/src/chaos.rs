@@ -33,6 +33,8 @@ pub struct ChaosConfig {
     pub keys: usize,
     /// Seed of every random choice.
     pub seed: u64,
+    /// The run must acknowledge at least this many writes (0: any number).
+    pub min_acked: usize,
 }
 
 /// Upper bound on operations per client, whatever the duration.
@@ -302,6 +304,13 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
         siblings,
         reference.values().filter(|v| v.len() > 1).count()
     );
+    if cfg.min_acked > 0 {
+        ctx.report.check(
+            acked.len() >= cfg.min_acked,
+            format!("at least {} acknowledged writes under faults", cfg.min_acked),
+            format!("{} acknowledged", acked.len()),
+        );
+    }
     ctx.report.check(
         !acked.is_empty() && kills > 0,
         "the load acknowledged writes while replicas crashed",

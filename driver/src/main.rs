@@ -60,6 +60,9 @@ struct Args {
     /// Concurrent clients in the chaos phase.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     chaos_clients: u64,
+    /// Fail the chaos scenario unless at least this many writes were acknowledged.
+    #[arg(long, default_value_t = 0)]
+    min_acked_writes: u64,
     /// Keys the anti-entropy scenario makes replicas repair.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     ae_keys: u64,
@@ -130,6 +133,7 @@ async fn run_all(ctx: &mut Ctx, chosen: &[Scenario], args: &Args, seed: u64) -> 
                     clients: args.chaos_clients as usize,
                     keys: 20,
                     seed,
+                    min_acked: args.min_acked_writes as usize,
                 };
                 chaos::chaos(ctx, &cfg).await
             }
