@@ -170,9 +170,9 @@ async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
 /// Such a replica may have issued clock counters before, on the disk it lost; peers hold the
 /// versions carrying them. A write minted now would restart its counter and be silently
 /// dominated by those older versions (Riak's "kv679" data loss). So the replica first pulls
-/// every key from **every** peer — versions stamped by this replica exist only at peers (they
-/// never forward other replicas' writes), so after that, every counter it ever issued is known
-/// locally — and only then accepts writes (until then: 503). Peers that are down are retried
+/// every key from **every** peer — a version stamped by this replica exists only at peers it
+/// was sent to or that pulled it from them, so after that, every counter it ever issued is
+/// known locally — and only then accepts writes (until then: 503). Peers that are down are retried
 /// until they answer; the completion is recorded durably, so a crash mid-recovery resumes it.
 pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
     let me = replica.id();
