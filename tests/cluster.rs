@@ -261,3 +261,29 @@ async fn a_returning_replica_receives_a_backlog() {
     t.converge(&[4], "key-0", &[(Some("rewrite-9"), vc(&[0, 11, 0, 0, 0]))]).await;
     t.converge(&[4], "key-299", &[(Some("value-299"), vc(&[0, 1, 0, 0, 0]))]).await;
 }
+
+/// Past 25 siblings for one key, a replica warns on every merge that adds one (Riak's
+/// threshold). A peer batch (signed with the cluster key) carries 27 pairwise-concurrent versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_siblings_are_warned_about() {
+    let t = TestCluster::start().await;
+    let key_text = std::fs::read_to_string(t._root.path().join("cluster.key")).unwrap();
+    let key = vkv::auth::ClusterKey::new(&key_text).unwrap();
+    // [i, 26 - i, 0, 0, 0] for i in 0..=26: no two are ordered.
+    let versions: Vec<serde_json::Value> =
+        (0..=26u64).map(|i| serde_json::json!({"value": format!("v{i}"), "clock": [i, 26 - i, 0, 0, 0]})).collect();
+    let body = serde_json::to_vec(&serde_json::json!({"from": 2, "entries": [{"key": "hot", "versions": versions}]}))
+        .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/replicate", t.cluster.address(1)))
+        .header(vkv::auth::SIGNATURE_HEADER, key.sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    assert_eq!(t.read(1, "hot").await.unwrap().versions.len(), 27);
+    let log = std::fs::read_to_string(t.cluster.log_path(1)).unwrap();
+    let warnings = log.lines().filter(|l| l.contains("CONFLICT, kept") && l.contains("more than 25")).count();
+    assert_eq!(warnings, 2, "one warning for the 26th and one for the 27th sibling:\n{log}");
+}
