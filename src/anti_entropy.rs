@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cluster::Member;
 use crate::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
@@ -76,7 +76,16 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 }
 
 /// One round against `peer`: compare digests, pull the keys of the ranges that differ, merge.
-pub async fn pull_round(replica: &Replica, peer: &Member, max_keys: usize) -> Result<RoundReport, String> {
+///
+/// `cursor` carries a large repair across rounds: when the peer's answer was cut short, the next
+/// round against that peer asks for the keys after the last one received, and starts over once a
+/// round gets everything.
+pub async fn pull_round(
+    replica: &Replica,
+    peer: &Member,
+    max_keys: usize,
+    cursor: &mut Option<String>,
+) -> Result<RoundReport, String> {
     let mine = replica.range_digests(AE_RANGES).await.map_err(|e| e.to_string())?;
     let theirs: DigestResponse =
         call(replica, peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }).await?;
@@ -86,12 +95,18 @@ pub async fn pull_round(replica: &Replica, peer: &Member, max_keys: usize) -> Re
     let differing: Vec<usize> = (0..AE_RANGES).filter(|&i| hex::encode(mine[i]) != theirs.digests[i]).collect();
     let mut report = RoundReport { differing_ranges: differing.len(), ..RoundReport::default() };
     if differing.is_empty() {
+        *cursor = None;
         return Ok(report);
     }
-    let request = EntriesRequest { from: replica.id(), of: AE_RANGES, ranges: differing, limit: max_keys, after: None };
+    let request =
+        EntriesRequest { from: replica.id(), of: AE_RANGES, ranges: differing, limit: max_keys, after: cursor.clone() };
     let answer: EntriesResponse = call(replica, peer, "/peer/entries", &request).await?;
     report.pulled = answer.entries.len();
     report.truncated = answer.truncated;
+    *cursor = match (answer.truncated, answer.entries.last()) {
+        (true, Some(last)) => Some(last.key.clone()),
+        _ => None,
+    };
     report.repaired = replica.merge_pulled(peer.id, answer.entries).await.map_err(|e| e.to_string())?;
     Ok(report)
 }
@@ -104,16 +119,18 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
     }
     let me = replica.id();
     let mut next = rand::rng().random_range(0..peers.len());
+    let mut cursors: Vec<Option<String>> = vec![None; peers.len()];
     loop {
         let jitter = rand::rng().random_range(0.5..1.5);
         tokio::select! {
             _ = tokio::time::sleep(config.period.mul_f64(jitter)) => {}
             _ = stop.changed() => break,
         }
-        let peer = &peers[next % peers.len()];
+        let index = next % peers.len();
+        let peer = &peers[index];
         next += 1;
         let round = tokio::select! {
-            r = pull_round(&replica, peer, config.max_keys_per_round) => r,
+            r = pull_round(&replica, peer, config.max_keys_per_round, &mut cursors[index]) => r,
             _ = stop.changed() => break,
         };
         match round {
@@ -196,7 +213,11 @@ pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
                     info!("replica {me} · recovery: pulled {n} key(s) from replica {}", peer.id);
                 }
                 Err(e) => {
-                    debug!("replica {me} · recovery: replica {} not ready: {e}", peer.id);
+                    if waiting_logged {
+                        debug!("replica {me} · recovery: replica {} not ready: {e}", peer.id);
+                    } else {
+                        warn!("replica {me} · recovery: cannot pull from replica {}: {e}", peer.id);
+                    }
                     unreachable.push(peer);
                 }
             }

@@ -36,13 +36,18 @@ impl From<Error> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        if let Error::QuorumNotMet { message, clock } = &self.0 {
+            // Unlike every other 503, the write happened: say so, with its clock.
+            let body = serde_json::json!({"error": message, "written": true, "clock": clock});
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
         let status = match &self.0 {
             Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::QuorumNotMet { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

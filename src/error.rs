@@ -24,6 +24,15 @@ pub enum Error {
     /// The replica cannot serve right now (shutting down, storage busy): retry later. (503)
     #[error("{0}")]
     Unavailable(String),
+    /// `?w=K` not met in time. The write IS durable here and queued for every peer; only the
+    /// requested extra guarantee is missing. (503, with `"written": true` and the clock)
+    #[error("{message}")]
+    QuorumNotMet {
+        /// What happened, for a person.
+        message: String,
+        /// The clock of the write that was committed here.
+        clock: crate::clock::VectorClock,
+    },
     /// The local store failed: the write was not applied. (500)
     #[error("storage error: {0}")]
     Storage(String),

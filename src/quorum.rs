@@ -81,11 +81,14 @@ pub async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock
     // Stragglers keep going in the background; the outbox covers whoever they miss.
     pushes.detach_all();
     if acks < w {
-        return Err(Error::Unavailable(format!(
-            "w={w} not met: only {acks} of {w} replicas acknowledged within {QUORUM_TIMEOUT:?}; the write \
-             ({clock}) is durable at replica {} and queued for the others, which will get it later",
-            replica.id()
-        )));
+        return Err(Error::QuorumNotMet {
+            message: format!(
+                "w={w} not met: only {acks} of {w} replicas acknowledged within {QUORUM_TIMEOUT:?}; the write \
+                 ({clock}) is durable at replica {} and queued for the others, which will get it later",
+                replica.id()
+            ),
+            clock: clock.clone(),
+        });
     }
     Ok(acks)
 }

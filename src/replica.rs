@@ -284,9 +284,14 @@ impl Replica {
                         )));
                     }
                 }
-                let clock = current.next_clock(n, context.as_ref(), position).ok_or_else(|| {
-                    Error::InvalidInput("the context's counter is at its maximum; cannot advance it".into())
-                })?;
+                let clock = current
+                    .next_clock(n, context.as_ref(), position)
+                    .filter(|c| c.counters().iter().all(|&x| x <= MAX_COUNTER))
+                    .ok_or_else(|| {
+                        Error::InvalidInput(format!(
+                            "the new clock would pass the counter limit {MAX_COUNTER}: the context is not from a GET of this key"
+                        ))
+                    })?;
                 let version = Version { clock: clock.clone(), value };
                 Ok((SiblingSet::single(version), clock))
             })?;
@@ -376,8 +381,18 @@ impl Replica {
     /// Merges keys pulled by anti-entropy from `from`; returns how many keys changed here.
     /// Validated like a replication batch, applied all-or-nothing, logged per changed key at debug
     /// level (the round logs one summary line).
+    ///
+    /// Unlike a replication batch, a pulled page is checked entry by entry: an entry this replica
+    /// refuses is skipped with a warning, so one bad key cannot stall anti-entropy or recovery.
     pub async fn merge_pulled(&self, from: ReplicaId, pulled: Vec<ReplicateEntry>) -> Result<usize> {
-        let entries = self.validate_entries(pulled)?;
+        let mut entries = Vec::with_capacity(pulled.len());
+        for entry in pulled {
+            let key = entry.key.clone();
+            match self.validate_entries(vec![entry]) {
+                Ok(mut valid) => entries.append(&mut valid),
+                Err(e) => warn!("replica {} · key {key:?} from replica {from} skipped: {e}", self.id()),
+            }
+        }
         let (records, changed) = self.merge_entries(&entries).await?;
         for r in records.iter().filter(|r| r.outcome.changed()) {
             debug!(
@@ -421,6 +436,14 @@ impl Replica {
     /// Answers a quorum read from a peer: the whole set, tombstones included.
     pub async fn serve_peer_read(&self, request: PeerReadRequest) -> Result<PeerReadResponse> {
         self.check_peer(request.from, "read request")?;
+        if self.is_recovering() {
+            // Its data may be missing writes it acknowledged before losing its disk: it must not
+            // count toward a read quorum.
+            return Err(Error::Unavailable(format!(
+                "replica {} is recovering; it does not serve quorum reads",
+                self.id()
+            )));
+        }
         let set = self.read(request.key).await?;
         Ok(PeerReadResponse { versions: set.versions().to_vec() })
     }

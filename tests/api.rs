@@ -184,8 +184,17 @@ async fn peer_routes_require_the_cluster_signature() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{resp}");
         assert!(resp["error"].as_str().unwrap().contains(needle), "{resp}");
     }
-    let (status, _) = f.call_with("POST", "/peer/hello", Some(r#"{"from": 2}"#), None).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for (route, body) in [
+        ("/peer/hello", r#"{"from": 2}"#),
+        ("/peer/digest", r#"{"from": 2, "ranges": 64}"#),
+        ("/peer/entries", r#"{"from": 2, "of": 64, "ranges": [0, 1], "limit": 10}"#),
+        ("/peer/read", r#"{"from": 2, "key": "k"}"#),
+    ] {
+        let (status, resp) = f.call_with("POST", route, Some(body), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{route}: {resp}");
+        let (status, resp) = f.call("POST", route, Some(body)).await;
+        assert!(status.is_success(), "{route} signed: {status} {resp}");
+    }
     f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
     let (status, _) = f.call("POST", "/replicate", Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "correctly signed");
@@ -220,9 +229,44 @@ async fn a_recovering_replica_refuses_writes_but_serves_reads() {
     let (status, body) = f.call("GET", "/health", None).await;
     assert_eq!((status, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("recovering")));
     assert!(f.replica.status().await.unwrap().recovering);
+    let (status, _) = f.call("POST", "/peer/read", Some(r#"{"from": 2, "key": "k"}"#)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a recovering replica does not count toward r");
     f.replica.finish_recovery().await.unwrap();
     let (status, _) = f.put("k", json!({"value": "v"})).await;
     assert_eq!(status, StatusCode::OK, "writes are accepted once recovered");
+}
+
+/// A key whose counter at this replica's position already sits at the limit (a forged context
+/// written elsewhere, replicated here) cannot be written here: 400, rather than a clock every peer
+/// would refuse.
+#[tokio::test]
+async fn a_write_cannot_mint_a_counter_past_the_limit() {
+    let f = fixture();
+    let body = batch(2, json!([{"key": "p", "versions": [{"value": "x", "clock": [9007199254740992u64, 1, 0]}]}]));
+    let (status, resp) = f.call("POST", "/replicate", Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    f.expect_error("PUT", "/kv/p", Some(r#"{"value": "y"}"#), StatusCode::BAD_REQUEST, "counter limit").await;
+    assert_eq!(f.get("p").await.1["versions"][0]["value"], "x", "nothing written");
+}
+
+/// `?w=K` that cannot be met (the peers of this fixture never answer) is a 503 that says the
+/// write happened, with its clock; the value is readable here. Bad quorum queries are 400.
+#[tokio::test]
+async fn an_unmet_write_quorum_says_the_write_is_durable_here() {
+    let f = fixture();
+    let (status, body) = f.call("PUT", "/kv/k?w=2", Some(r#"{"value": "v"}"#)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["written"], json!(true));
+    assert_eq!(body["clock"], json!([1, 0, 0]));
+    assert!(body["error"].as_str().unwrap().contains("durable at replica 1 and queued"), "{body}");
+    assert_eq!(f.get("k").await.1["versions"][0]["value"], "v");
+    let (status, body) = f.call("PUT", "/kv/k?w=1", Some(r#"{"value": "w"}"#)).await;
+    assert_eq!((status, &body["acks"]), (StatusCode::OK, &json!(1)));
+    for (method, uri) in [("PUT", "/kv/k?w=abc"), ("PUT", "/kv/k?w=4"), ("PUT", "/kv/k?x=1"), ("GET", "/kv/k?r=0")] {
+        let (status, body) = f.call(method, uri, Some(r#"{"value": "v"}"#)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
+        assert!(body["error"].is_string());
+    }
 }
 
 #[tokio::test]

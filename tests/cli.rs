@@ -9,7 +9,7 @@ const SERVER: &str = env!("CARGO_BIN_EXE_vkv-server");
 const CLI: &str = env!("CARGO_BIN_EXE_vkv");
 
 fn run(bin: &str, args: &[&str]) -> Output {
-    Command::new(bin).args(args).output().unwrap()
+    Command::new(bin).args(args).env_remove("VKV_CLUSTER_KEY").output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -65,6 +65,13 @@ fn server_needs_a_cluster_key_or_insecure() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("VKV_CLUSTER_KEY"), "{}", text(&out.stderr));
+    let out = Command::new(SERVER)
+        .args(["--port", "7000", "-N", "1", "--data-dir", data, "--insecure"])
+        .env("VKV_CLUSTER_KEY", "a-perfectly-long-cluster-key")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--insecure must not silently override a configured key");
+    assert!(text(&out.stderr).contains("contradicts"), "{}", text(&out.stderr));
 }
 
 /// A data dir remembers its cluster: starting another layout on it is refused, nothing touched.
@@ -96,6 +103,7 @@ fn server_shuts_down_cleanly_on_sigterm() {
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let mut child = Command::new(SERVER)
         .args(["--port", &port, "-N", "1", "--insecure", "--data-dir"])
+        .env_remove("VKV_CLUSTER_KEY")
         .arg(dir.path().join("data"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -272,8 +272,8 @@ async fn too_many_siblings_are_warned_about() {
     // [i, 26 - i, 0, 0, 0] for i in 0..=26: no two are ordered.
     let versions: Vec<serde_json::Value> =
         (0..=26u64).map(|i| serde_json::json!({"value": format!("v{i}"), "clock": [i, 26 - i, 0, 0, 0]})).collect();
-    let body = serde_json::to_vec(&serde_json::json!({"from": 2, "entries": [{"key": "hot", "versions": versions}]}))
-        .unwrap();
+    let body =
+        serde_json::to_vec(&serde_json::json!({"from": 2, "entries": [{"key": "hot", "versions": versions}]})).unwrap();
     let response = reqwest::Client::new()
         .post(format!("http://{}/replicate", t.cluster.address(1)))
         .header(vkv::auth::SIGNATURE_HEADER, key.sign(&body))

@@ -39,7 +39,7 @@ async fn write_quorum_fails_clearly_with_a_replica_down_and_the_write_still_arri
     let err = r1.put_quorum("k", "v", None, Some(N)).await.unwrap_err();
     match err {
         ClientError::Server { status: 503, message } => {
-            assert!(message.contains("only 4 of 5"), "{message}");
+            assert!(message.contains("of 5 replicas acknowledged"), "{message}");
             assert!(message.contains("durable at replica 1 and queued"), "{message}");
         }
         other => panic!("expected 503, got {other}"),
@@ -108,7 +108,10 @@ async fn quorum_sizes_are_checked() {
     r1.put("k", "v", None).await.unwrap();
     cluster.stop(3, Stop::Crash).unwrap();
     let err = r1.get_quorum("k", Some(N)).await.unwrap_err();
-    assert!(matches!(&err, ClientError::Server { status: 503, message } if message.contains("only 4 of 5")), "{err}");
+    assert!(
+        matches!(&err, ClientError::Server { status: 503, message } if message.contains("of 5 replicas answered")),
+        "{err}"
+    );
     assert!(r1.get_quorum("k", Some(N - 1)).await.unwrap().is_some());
 }
 
@@ -124,7 +127,8 @@ async fn a_hung_peer_cannot_stall_client_requests() {
     for i in 0..20 {
         r1.put(&format!("k{i}"), "v", None).await.unwrap();
     }
-    assert!(t.elapsed() < Duration::from_secs(2), "20 plain writes took {:?}", t.elapsed());
+    // Bounded by local fsyncs, not by the hung peer's 10 s request timeout.
+    assert!(t.elapsed() < Duration::from_secs(8), "20 plain writes took {:?}", t.elapsed());
     let t = Instant::now();
     let err = r1.put_quorum("q", "v", None, Some(N)).await.unwrap_err();
     let took = t.elapsed();

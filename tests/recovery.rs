@@ -68,7 +68,6 @@ async fn write_at_once(cluster: &LocalCluster, value: &str) -> (VectorClock, u32
 }
 
 async fn final_values(cluster: &LocalCluster) -> Vec<Vec<(Option<String>, VectorClock)>> {
-    tokio::time::sleep(Duration::from_secs(2)).await; // replication is sub-second here
     let mut all = Vec::new();
     for id in 1..=N {
         let r = cluster.client(id).get("k").await.unwrap().unwrap();
@@ -85,8 +84,14 @@ async fn a_replica_that_lost_its_disk_never_reuses_a_counter() {
     eprintln!("replica 3 answered {refused} × 503 before accepting the write");
     assert_eq!(clock, vc(&[0, 0, 6, 0, 0]), "the new write continues the old counter");
     let expected = vec![(Some("after-wipe".to_string()), clock)];
-    for (i, versions) in final_values(&cluster).await.iter().enumerate() {
-        assert_eq!(versions, &expected, "replica {} lost the acknowledged write", i + 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let finals = final_values(&cluster).await;
+        if finals.iter().all(|v| v == &expected) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the acknowledged write did not reach every replica: {finals:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = std::fs::read_to_string(cluster.log_path(3)).unwrap();
     assert!(log.contains("recovered") && log.contains("accepting writes"), "{log}");
@@ -100,6 +105,19 @@ async fn without_recovery_the_same_story_loses_the_write() {
     write_then_lose_disk(&mut cluster).await;
     let (clock, _) = write_at_once(&cluster, "after-wipe").await;
     assert_eq!(clock, vc(&[0, 0, 1, 0, 0]), "a reissued counter");
+    // Wait until every peer has received it and decided: "local [0, 0, 5, 0, 0] vs received
+    // [0, 0, 1, 0, 0] → ignored" (so replication did happen; the write was judged stale).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for id in [1, 2, 4, 5] {
+        loop {
+            let log = std::fs::read_to_string(cluster.log_path(id)).unwrap();
+            if log.contains("local [0, 0, 5, 0, 0] vs received \"after-wipe\" [0, 0, 1, 0, 0] from replica 3 → no conflict, local is newer: ignored") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica {id} never judged the write:\n{log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let finals = final_values(&cluster).await;
     // Every peer ignored it as stale ([0, 0, 1, 0, 0] < [0, 0, 5, 0, 0]); only replica 3 still
     // holds it, until anti-entropy brings it [0, 0, 5, 0, 0] and it is gone there too.

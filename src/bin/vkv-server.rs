@@ -73,7 +73,10 @@ fn cluster_key(args: &Args) -> Result<Option<ClusterKey>, String> {
         return ClusterKey::from_file(path).map(Some);
     }
     match std::env::var(KEY_ENV) {
-        Ok(text) if !args.insecure => ClusterKey::new(&text).map(Some).map_err(|e| format!("{KEY_ENV}: {e}")),
+        Ok(_) if args.insecure => {
+            Err(format!("--insecure contradicts {KEY_ENV}, which is set: unset it or drop --insecure"))
+        }
+        Ok(text) => ClusterKey::new(&text).map(Some).map_err(|e| format!("{KEY_ENV}: {e}")),
         _ if args.insecure => Ok(None),
         _ => Err(format!(
             "no cluster key: pass --cluster-key-file FILE or set {KEY_ENV} (the same secret on every replica), \
