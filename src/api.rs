@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -163,6 +164,16 @@ async fn peer_read(
     Ok(Json(replica.serve_peer_read(request).await?).into_response())
 }
 
+/// Refuses a peer request without a signature header (when a cluster key is set) before the
+/// body is read; the handler then verifies the signature against the body.
+async fn require_signature_header(State(replica): Shared, request: Request, next: Next) -> Response {
+    if replica.cluster_key().is_some() && !request.headers().contains_key(SIGNATURE_HEADER) {
+        let error = format!("peer routes need a {SIGNATURE_HEADER} header (HMAC of the body under the cluster key)");
+        return AppError(Error::Unauthorized(error)).into_response();
+    }
+    next.run(request).await
+}
+
 /// Checks a peer request's signature (unless the replica runs `--insecure`), before parsing.
 fn authenticate(replica: &Replica, headers: &HeaderMap, body: &Bytes) -> Result<(), AppError> {
     let Some(key) = replica.cluster_key() else {
@@ -260,13 +271,18 @@ pub fn client_body_limit(max_value_bytes: usize) -> usize {
 /// The replica's HTTP application.
 pub fn app(replica: Arc<Replica>) -> Router {
     let client_limit = client_body_limit(replica.max_value_bytes());
-    Router::new()
-        .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
+    // Peer routes: a request without a signature header is turned away before its body is read,
+    // so an outsider cannot make a replica buffer a 64 MiB body.
+    let peer_routes = Router::new()
         .route("/replicate", post(replicate).layer(DefaultBodyLimit::max(MAX_REPLICATE_BODY_BYTES)))
         .route("/peer/hello", post(hello))
         .route("/peer/digest", post(digest))
         .route("/peer/read", post(peer_read))
         .route("/peer/entries", post(entries))
+        .route_layer(middleware::from_fn_with_state(replica.clone(), require_signature_header));
+    Router::new()
+        .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
+        .merge(peer_routes)
         .route("/health", get(health))
         .route("/status", get(status))
         .fallback(no_route)

@@ -200,6 +200,16 @@ async fn peer_routes_require_the_cluster_signature() {
     assert_eq!(status, StatusCode::OK, "correctly signed");
 }
 
+/// An unsigned peer request is refused before its body is read: even a body over the size limit
+/// gets 401, not 413.
+#[tokio::test]
+async fn unsigned_peer_requests_are_refused_before_the_body_is_read() {
+    let f = fixture();
+    let huge = "x".repeat(vkv::protocol::MAX_REPLICATE_BODY_BYTES + 1024);
+    let (status, body) = f.call_with("POST", "/replicate", Some(&huge), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+}
+
 #[tokio::test]
 async fn an_insecure_replica_accepts_unsigned_peers() {
     let f = fixture_with(1024, None);
