@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -153,14 +153,7 @@ async fn delete_key(
     write_with_quorum(&replica, key, None, request.context, query.w).await
 }
 
-async fn peer_read(
-    State(replica): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    let body = body.map_err(from_body)?;
-    authenticate(&replica, &headers, &body)?;
-    let request: PeerReadRequest = parse(&body, None)?;
+async fn peer_read(State(replica): Shared, Signed(request): Signed<PeerReadRequest>) -> Result<Response, AppError> {
     Ok(Json(replica.serve_peer_read(request).await?).into_response())
 }
 
@@ -193,48 +186,35 @@ fn authenticate(replica: &Replica, headers: &HeaderMap, body: &Bytes) -> Result<
     }
 }
 
-async fn replicate(
-    State(replica): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    let body = body.map_err(from_body)?;
-    authenticate(&replica, &headers, &body)?;
-    let request: ReplicateRequest = parse(&body, None)?;
+/// A peer request body, authenticated (signature checked against the raw bytes) and parsed:
+/// every peer route takes its input through this extractor.
+struct Signed<T>(T);
+
+impl<T: DeserializeOwned + Send> FromRequest<Arc<Replica>> for Signed<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, replica: &Arc<Replica>) -> Result<Self, AppError> {
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, replica).await.map_err(from_body)?;
+        authenticate(replica, &headers, &body)?;
+        Ok(Signed(parse(&body, None)?))
+    }
+}
+
+async fn replicate(State(replica): Shared, Signed(request): Signed<ReplicateRequest>) -> Result<Response, AppError> {
     Ok(Json(replica.apply_replication(request).await?).into_response())
 }
 
-async fn hello(
-    State(replica): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<StatusCode, AppError> {
-    let body = body.map_err(from_body)?;
-    authenticate(&replica, &headers, &body)?;
-    let request: HelloRequest = parse(&body, None)?;
+async fn hello(State(replica): Shared, Signed(request): Signed<HelloRequest>) -> Result<StatusCode, AppError> {
     replica.peer_hello(request.from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn digest(
-    State(replica): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    let body = body.map_err(from_body)?;
-    authenticate(&replica, &headers, &body)?;
-    let request: DigestRequest = parse(&body, None)?;
+async fn digest(State(replica): Shared, Signed(request): Signed<DigestRequest>) -> Result<Response, AppError> {
     Ok(Json(replica.serve_digest(request).await?).into_response())
 }
 
-async fn entries(
-    State(replica): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
-    let body = body.map_err(from_body)?;
-    authenticate(&replica, &headers, &body)?;
-    let request: EntriesRequest = parse(&body, None)?;
+async fn entries(State(replica): Shared, Signed(request): Signed<EntriesRequest>) -> Result<Response, AppError> {
     Ok(Json(replica.serve_entries(request).await?).into_response())
 }
 
