@@ -40,7 +40,19 @@ stop_one() {
 case "${1:-}" in
   start)
     cargo build --release --quiet --bin vkv-server --bin vkv
-    if [ -n "${2:-}" ]; then start_one "$2"; else for i in 1 2 3 4 5; do start_one "$i"; done; fi ;;
+    if [ -n "${2:-}" ]; then ids=("$2"); else ids=(1 2 3 4 5); fi
+    for i in "${ids[@]}"; do start_one "$i"; done
+    # Ready = /health 200: a replica on a new data dir first recovers from its peers (about a second).
+    for i in "${ids[@]}"; do
+      port=${PORTS[$(( i - 1 ))]}
+      for _ in $(seq 1 300); do
+        curl -sf --max-time 1 "http://127.0.0.1:$port/health" >/dev/null && break
+        sleep 0.1
+      done
+      curl -sf --max-time 1 "http://127.0.0.1:$port/health" >/dev/null \
+        || { echo "replica $i not ready; see $ROOT/replica-$i.log" >&2; exit 1; }
+    done
+    echo "ready" ;;
   stop)
     if [ -n "${2:-}" ]; then stop_one "$2"; else for i in 1 2 3 4 5; do stop_one "$i"; done; fi ;;
   *) echo "usage: $0 start|stop [replica-id]" >&2; exit 2 ;;
