@@ -32,7 +32,6 @@ use tracing::{debug, info, warn};
 use crate::cluster::Member;
 use crate::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::replica::Replica;
-use crate::replication::signed_post;
 
 /// Settings of the anti-entropy task.
 #[derive(Debug, Clone)]
@@ -56,25 +55,6 @@ pub struct RoundReport {
     pub truncated: bool,
 }
 
-async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-    replica: &Replica,
-    peer: &Member,
-    path: &str,
-    body: &Req,
-) -> Result<Resp, String> {
-    let url = format!("http://{}{path}", peer.address());
-    let response = signed_post(replica.http(), &url, body, replica.cluster_key())
-        .send()
-        .await
-        .map_err(|e| format!("{path}: {e}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
-        return Err(format!("{path}: peer answered {status}: {}", text.trim()));
-    }
-    response.json().await.map_err(|e| format!("{path}: bad answer: {e}"))
-}
-
 /// One round against `peer`: compare digests, pull the keys of the ranges that differ, merge.
 ///
 /// `cursor` carries a large repair across rounds: when the peer's answer was cut short, the next
@@ -88,7 +68,7 @@ pub async fn pull_round(
 ) -> Result<RoundReport, String> {
     let mine = replica.range_digests(AE_RANGES).await.map_err(|e| e.to_string())?;
     let theirs: DigestResponse =
-        call(replica, peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }).await?;
+        replica.call_peer(peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }, None).await?;
     if theirs.digests.len() != AE_RANGES {
         return Err(format!("peer sent {} digests for {AE_RANGES} ranges", theirs.digests.len()));
     }
@@ -100,7 +80,7 @@ pub async fn pull_round(
     }
     let request =
         EntriesRequest { from: replica.id(), of: AE_RANGES, ranges: differing, limit: max_keys, after: cursor.clone() };
-    let answer: EntriesResponse = call(replica, peer, "/peer/entries", &request).await?;
+    let answer: EntriesResponse = replica.call_peer(peer, "/peer/entries", &request, None).await?;
     report.pulled = answer.entries.len();
     report.truncated = answer.truncated;
     *cursor = match (answer.truncated, answer.entries.last()) {
@@ -171,7 +151,7 @@ async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
             limit: RECOVERY_PAGE,
             after: after.clone(),
         };
-        let answer: EntriesResponse = call(replica, peer, "/peer/entries", &request).await?;
+        let answer: EntriesResponse = replica.call_peer(peer, "/peer/entries", &request, None).await?;
         pulled += answer.entries.len();
         let last = answer.entries.last().map(|e| e.key.clone());
         replica.merge_pulled(peer.id, answer.entries).await.map_err(|e| e.to_string())?;

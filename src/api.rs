@@ -157,12 +157,17 @@ async fn peer_read(State(replica): Shared, Signed(request): Signed<PeerReadReque
     Ok(Json(replica.serve_peer_read(request).await?).into_response())
 }
 
+fn missing_signature() -> AppError {
+    AppError(Error::Unauthorized(format!(
+        "peer routes need a {SIGNATURE_HEADER} header (HMAC of the body under the cluster key)"
+    )))
+}
+
 /// Refuses a peer request without a signature header (when a cluster key is set) before the
 /// body is read; the handler then verifies the signature against the body.
 async fn require_signature_header(State(replica): Shared, request: Request, next: Next) -> Response {
     if replica.cluster_key().is_some() && !request.headers().contains_key(SIGNATURE_HEADER) {
-        let error = format!("peer routes need a {SIGNATURE_HEADER} header (HMAC of the body under the cluster key)");
-        return AppError(Error::Unauthorized(error)).into_response();
+        return missing_signature().into_response();
     }
     next.run(request).await
 }
@@ -179,10 +184,7 @@ fn authenticate(replica: &Replica, headers: &HeaderMap, body: &Bytes) -> Result<
             Err(Error::Unauthorized("bad peer signature: this request was not signed with the cluster key".into())
                 .into())
         }
-        None => Err(Error::Unauthorized(format!(
-            "peer routes need a {SIGNATURE_HEADER} header (HMAC of the body under the cluster key)"
-        ))
-        .into()),
+        None => Err(missing_signature()),
     }
 }
 

@@ -23,9 +23,8 @@ use tracing::info;
 use crate::clock::VectorClock;
 use crate::cluster::{Member, ReplicaId};
 use crate::error::{Error, Result};
-use crate::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest};
+use crate::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse};
 use crate::replica::Replica;
-use crate::replication::signed_post;
 use crate::versions::SiblingSet;
 
 /// How long a quorum read or write waits for peers before answering 503.
@@ -44,17 +43,7 @@ async fn push(replica: &Replica, peer: &Member, key: &str, set: &SiblingSet) -> 
         from: replica.id(),
         entries: vec![ReplicateEntry { key: key.to_string(), versions: set.versions().to_vec() }],
     };
-    let url = format!("http://{}/replicate", peer.address());
-    let response = signed_post(replica.http(), &url, &body, replica.cluster_key())
-        .timeout(QUORUM_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("peer answered {}", response.status()))
-    }
+    replica.call_peer::<_, ReplicateResponse>(peer, "/replicate", &body, Some(QUORUM_TIMEOUT)).await.map(drop)
 }
 
 /// After a local write of `key`, pushes its set to every peer and waits for `w - 1` acks.
@@ -95,16 +84,7 @@ pub async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock
 
 async fn peer_read(replica: &Replica, peer: &Member, key: &str) -> std::result::Result<SiblingSet, String> {
     let body = PeerReadRequest { from: replica.id(), key: key.to_string() };
-    let url = format!("http://{}/peer/read", peer.address());
-    let response = signed_post(replica.http(), &url, &body, replica.cluster_key())
-        .timeout(QUORUM_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("peer answered {}", response.status()));
-    }
-    let answer: PeerReadResponse = response.json().await.map_err(|e| e.to_string())?;
+    let answer: PeerReadResponse = replica.call_peer(peer, "/peer/read", &body, Some(QUORUM_TIMEOUT)).await?;
     Ok(SiblingSet::from_versions(answer.versions))
 }
 

@@ -21,14 +21,14 @@ use tracing::{debug, info, warn};
 use crate::anti_entropy::{requested_ranges, AntiEntropyConfig};
 use crate::auth::ClusterKey;
 use crate::clock::VectorClock;
-use crate::cluster::{Layout, ReplicaId};
+use crate::cluster::{Layout, Member, ReplicaId};
 use crate::error::{Error, Result};
 use crate::protocol::{
     DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, PeerReadRequest, PeerReadResponse, PeerStatus,
     ReplicateEntry, ReplicateRequest, ReplicateResponse, StatusResponse, AE_MAX_RESPONSE_BYTES, MAX_BATCH_KEYS,
     MAX_KEY_BYTES, MAX_VERSIONS_PER_ENTRY,
 };
-use crate::replication::{announce, peer_http_client, PeerLink, Sender};
+use crate::replication::{announce, on_store, peer_http_client, signed_post, PeerLink, Sender};
 use crate::store::{MergeRecord, Store};
 use crate::versions::{MergeOutcome, SiblingSet, Version};
 
@@ -216,10 +216,7 @@ impl Replica {
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+        on_store(&self.store, work).await
     }
 
     fn check_context(&self, context: Option<&VectorClock>) -> Result<()> {
@@ -446,6 +443,30 @@ impl Replica {
         }
         let set = self.read(request.key).await?;
         Ok(PeerReadResponse { versions: set.versions().to_vec() })
+    }
+
+    /// A signed JSON request to `peer` at `path`, answered with JSON. `timeout` overrides the
+    /// peer client's default request timeout. Errors name the path and, for a refusal, the
+    /// peer's status and message.
+    pub async fn call_peer<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        peer: &Member,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> std::result::Result<Resp, String> {
+        let url = format!("http://{}{path}", peer.address());
+        let mut request = signed_post(&self.http, &url, body, self.cluster_key());
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request.send().await.map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("{path}: peer answered {status}: {}", text.trim()));
+        }
+        response.json().await.map_err(|e| format!("{path}: bad answer: {e}"))
     }
 
     /// The HTTP client this replica uses toward its peers.

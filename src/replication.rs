@@ -92,6 +92,18 @@ enum PeerState {
     Down { since: Instant, failures: u32 },
 }
 
+/// Runs synchronous store work on tokio's blocking pool (redb calls block on disk). The task
+/// runs to its end even if the awaiting future is dropped.
+pub(crate) async fn on_store<T: Send + 'static>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+}
+
 /// A JSON POST to a peer, signed with the cluster key when there is one.
 pub fn signed_post<T: serde::Serialize>(
     http: &reqwest::Client,
@@ -160,11 +172,9 @@ impl Sender {
     }
 
     async fn next_batch(&self, after: Option<String>, max_keys: usize, skip: HashSet<String>) -> Result<Vec<Pending>> {
-        let store = self.store.clone();
         let peer = self.link.member.id;
-        tokio::task::spawn_blocking(move || store.pending(peer, after.as_deref(), max_keys, BATCH_TARGET_BYTES, &skip))
+        on_store(&self.store, move |store| store.pending(peer, after.as_deref(), max_keys, BATCH_TARGET_BYTES, &skip))
             .await
-            .map_err(|e| Error::Storage(format!("outbox read task failed: {e}")))?
     }
 
     async fn ship(&self, batch: &[Pending]) -> std::result::Result<(), ShipError> {
@@ -200,12 +210,9 @@ impl Sender {
     }
 
     async fn acknowledge(&self, batch: &[Pending]) -> Result<usize> {
-        let store = self.store.clone();
         let peer = self.link.member.id;
         let delivered: Vec<(String, u64)> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
-        tokio::task::spawn_blocking(move || store.acknowledge(peer, &delivered))
-            .await
-            .map_err(|e| Error::Storage(format!("outbox update task failed: {e}")))?
+        on_store(&self.store, move |store| store.acknowledge(peer, &delivered)).await
     }
 
     /// Drains the outbox until `stop` turns true.

@@ -427,24 +427,26 @@ mod tests {
         assert_eq!(store.outbox_depth(3).unwrap(), 2, "other peers are untouched");
     }
 
-    #[test]
-    fn pending_respects_key_and_byte_limits() {
+    /// A store of replica 1 holding `keys`, each written once locally.
+    fn store_with(keys: &[&str]) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &layout(7000)).unwrap();
-        for k in ["a", "b", "c", "d"] {
+        for k in keys {
             put(&store, k, "value");
         }
+        (dir, store)
+    }
+
+    #[test]
+    fn pending_respects_key_and_byte_limits() {
+        let (_dir, store) = store_with(&["a", "b", "c", "d"]);
         assert_eq!(store.pending(2, None, 3, usize::MAX, &HashSet::new()).unwrap().len(), 3);
         assert_eq!(store.pending(2, None, 10, 1, &HashSet::new()).unwrap().len(), 1, "at least one key ships");
     }
 
     #[test]
     fn pending_resumes_after_the_cursor_and_wraps_around() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &layout(7000)).unwrap();
-        for k in ["a", "b", "c", "d"] {
-            put(&store, k, "value");
-        }
+        let (_dir, store) = store_with(&["a", "b", "c", "d"]);
         let none = HashSet::new();
         let keys = |b: Vec<Pending>| b.into_iter().map(|p| p.key).collect::<Vec<_>>();
         assert_eq!(keys(store.pending(2, Some("b"), 10, usize::MAX, &none).unwrap()), ["c", "d", "a", "b"]);
