@@ -223,7 +223,9 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
         let healthy: Vec<usize> = (1..=n).filter(|&id| faults[id - 1].is_none()).collect();
         if faulted.len() < 2 && (faulted.is_empty() || rng.random_bool(0.5)) {
             let id = healthy[rng.random_range(0..healthy.len())];
-            if rng.random_bool(PAUSE_SHARE) {
+            // The first fault is always a crash, so every run exercises crash recovery however
+            // short it is; pauses come after.
+            if kills > 0 && rng.random_bool(PAUSE_SHARE) {
                 ctx.backend.pause(id).await?;
                 faults[id - 1] = Some(Fault::Paused);
                 pauses += 1;
