@@ -20,8 +20,8 @@ use crate::auth::SIGNATURE_HEADER;
 use crate::clock::VectorClock;
 use crate::error::Error;
 use crate::protocol::{
-    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, PeerReadRequest, ReadQuery, ReadResponse,
-    ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
+    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, ReadQuery,
+    ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
 };
 use crate::quorum::{check_quorum, read_quorum, write_quorum};
 use crate::replica::{validate_key, Replica};
@@ -37,6 +37,10 @@ impl From<Error> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        if let Error::StaleContext { message, key, versions, context } = self.0 {
+            let body = KeyErrorBody { error: message, state: ReadResponse { key, versions, context } };
+            return (StatusCode::CONFLICT, Json(body)).into_response();
+        }
         if let Error::QuorumNotMet { message, clock } = &self.0 {
             // Unlike every other 503, the write happened: say so, with its clock.
             let body = serde_json::json!({"error": message, "written": true, "clock": clock});
@@ -47,7 +51,7 @@ impl IntoResponse for AppError {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::StaleContext { .. } => StatusCode::CONFLICT,
             Error::Unavailable(_) | Error::QuorumNotMet { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -92,7 +96,7 @@ async fn read_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<ReadResponse>, AppError> {
+) -> Result<Response, AppError> {
     let Path(key) = key.map_err(from_path)?;
     let Query(query) = query.map_err(from_query)?;
     let set = match query.r {
@@ -103,11 +107,14 @@ async fn read_key(
         }
         None => replica.read(key.clone()).await?,
     };
-    if set.is_deleted() {
-        return Err(Error::NotFound(format!("key {key:?} not found")).into());
-    }
     let context = set.context(replica.layout().n());
-    Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }))
+    if set.is_deleted() {
+        // Still give the context (the tombstones' clocks, or zeros): a writer can always send one.
+        let error = format!("key {key:?} not found");
+        let body = KeyErrorBody { error, state: ReadResponse { key, versions: Vec::new(), context } };
+        return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
+    }
+    Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }).into_response())
 }
 
 /// A client write or delete, then the `?w=K` wait if asked.

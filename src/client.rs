@@ -1,14 +1,28 @@
 //! A typed HTTP client for one replica: used by the `vkv` CLI, the driver and the tests.
 //!
+//! Read-modify-write sends the context it read, so it can only replace what it saw; if the
+//! replica holds a version the read did not show, the write is refused with
+//! [`ClientError::Conflict`], which carries the current versions and context. [`Client::update`]
+//! does the whole loop: read, compute, write with the context, and on a conflict compute again
+//! from the versions the replica returned.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), vkv::client::ClientError> {
 //! let client = vkv::client::Client::new("127.0.0.1:7000")?;
-//! let written = client.put("cart", "milk", None).await?;
+//! // Add "eggs" to a comma-separated cart, merging any concurrent siblings; at most 5 tries.
+//! let written = client
+//!     .update("cart", 5, |current| {
+//!         let mut items: Vec<&str> =
+//!             current.versions.iter().filter_map(|v| v.value.as_deref()).flat_map(|v| v.split(',')).collect();
+//!         items.push("eggs");
+//!         items.sort();
+//!         items.dedup();
+//!         items.join(",")
+//!     })
+//!     .await?;
 //! println!("written with clock {}", written.clock);
-//! if let Some(read) = client.get("cart").await? {
-//!     // Resolve any conflict by writing back with the context read.
-//!     client.put("cart", "milk,eggs", Some(read.context)).await?;
-//! }
+//! // A blind write (no context) replaces whatever this replica holds: last writer wins.
+//! client.put("motd", "hello", None).await?;
 //! # Ok(()) }
 //! ```
 
@@ -18,7 +32,9 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 
 use crate::clock::VectorClock;
-use crate::protocol::{DeleteRequest, ErrorBody, ReadResponse, StatusResponse, WriteRequest, WriteResponse};
+use crate::protocol::{
+    DeleteRequest, ErrorBody, KeyErrorBody, ReadResponse, StatusResponse, WriteRequest, WriteResponse,
+};
 
 /// Time a client request may take, connection included.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +68,16 @@ pub enum ClientError {
         status: u16,
         /// The server's `error` text.
         message: String,
+    },
+    /// A conditional write was refused (409): the replica holds versions the context did not
+    /// cover. Nothing was written. `current` holds every version the replica has and the context
+    /// to write back with, once merged.
+    #[error("conflict: {message}")]
+    Conflict {
+        /// The server's `error` text.
+        message: String,
+        /// What the replica holds for the key now.
+        current: ReadResponse,
     },
     /// The key cannot be sent (empty, or `.`/`..`, which URLs treat as path steps).
     #[error("invalid key {0:?}: keys are non-empty and not \".\" or \"..\"")]
@@ -111,11 +137,13 @@ impl Client {
         url
     }
 
+    /// Sends a request; a `404` for a key comes back as `Ok(None)` with its body (which carries
+    /// the key's context), any other failure as the matching error.
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
         url: &Url,
-    ) -> Result<Option<T>, ClientError> {
+    ) -> Result<Result<T, Option<KeyErrorBody>>, ClientError> {
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             url: url.to_string(),
             reason: if e.is_timeout() { "timed out".into() } else { e.to_string() },
@@ -125,8 +153,14 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| ClientError::Unreachable { url: url.to_string(), reason: e.to_string() })?;
-        if status == StatusCode::NOT_FOUND && url.path().starts_with("/kv/") {
-            return Ok(None);
+        let for_key = url.path().starts_with("/kv/");
+        if status == StatusCode::NOT_FOUND && for_key {
+            return Ok(Err(serde_json::from_slice::<KeyErrorBody>(&bytes).ok()));
+        }
+        if status == StatusCode::CONFLICT && for_key {
+            if let Ok(body) = serde_json::from_slice::<KeyErrorBody>(&bytes) {
+                return Err(ClientError::Conflict { message: body.error, current: body.state });
+            }
         }
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
@@ -140,12 +174,12 @@ impl Client {
             });
         }
         serde_json::from_slice(&bytes)
-            .map(Some)
+            .map(Ok)
             .map_err(|e| ClientError::BadResponse(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
     }
 
-    fn expect_found<T>(found: Option<T>) -> Result<T, ClientError> {
-        found.ok_or_else(|| ClientError::BadResponse("404 for a write".into()))
+    fn expect_found<T>(found: Result<T, Option<KeyErrorBody>>) -> Result<T, ClientError> {
+        found.map_err(|_| ClientError::BadResponse("404 for a write".into()))
     }
 
     /// Reads a key: `None` when it does not exist (or was deleted).
@@ -159,10 +193,56 @@ impl Client {
         if let Some(r) = r {
             url.query_pairs_mut().append_pair("r", &r.to_string());
         }
-        self.send(self.http.get(url.clone()), &url).await
+        Ok(self.send(self.http.get(url.clone()), &url).await?.ok())
     }
 
-    /// Writes a value, superseding `context` (pass the context read to resolve a conflict).
+    /// Reads a key for read-modify-write: always the versions and the context to write back
+    /// with. A key never written or deleted has no versions, and a context of zeros or of its
+    /// tombstones — writing with it succeeds only if nothing was written here since.
+    pub async fn read(&self, key: &str) -> Result<ReadResponse, ClientError> {
+        self.read_quorum(key, None).await
+    }
+
+    /// [`Client::read`] from `r` replicas (`?r=`), merged and read-repaired; `None` reads one.
+    pub async fn read_quorum(&self, key: &str, r: Option<usize>) -> Result<ReadResponse, ClientError> {
+        let mut url = self.key_url(key)?;
+        if let Some(r) = r {
+            url.query_pairs_mut().append_pair("r", &r.to_string());
+        }
+        match self.send(self.http.get(url.clone()), &url).await? {
+            Ok(found) => Ok(found),
+            Err(Some(absent)) => Ok(absent.state),
+            Err(None) => Err(ClientError::BadResponse("a 404 without the key's context".into())),
+        }
+    }
+
+    /// Read-modify-write with the context: reads `key`, writes `compute(what was read)` with
+    /// the context read, and on a conflict computes again from the versions the replica
+    /// returned, at most `tries` times in all. `compute` sees every sibling: merge them. Returns
+    /// the write, or the last [`ClientError::Conflict`] if every try met one.
+    pub async fn update(
+        &self,
+        key: &str,
+        tries: usize,
+        mut compute: impl FnMut(&ReadResponse) -> String,
+    ) -> Result<WriteResponse, ClientError> {
+        let mut current = self.read(key).await?;
+        let mut attempt = 1;
+        loop {
+            let value = compute(&current);
+            match self.put(key, &value, Some(current.context.clone())).await {
+                Err(ClientError::Conflict { current: now, .. }) if attempt < tries => {
+                    current = now;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Writes a value. With `context` (the one read), a conditional write: it replaces what
+    /// that read showed, or fails with [`ClientError::Conflict`] if the replica holds more.
+    /// Without, a blind write: it replaces whatever this replica holds.
     pub async fn put(
         &self,
         key: &str,
@@ -188,7 +268,7 @@ impl Client {
         Self::expect_found(self.send(self.http.put(url.clone()).json(&body), &url).await?)
     }
 
-    /// Deletes a key (writes a tombstone), superseding `context`.
+    /// Deletes a key (writes a tombstone); `context` works as for [`Client::put`].
     pub async fn delete(&self, key: &str, context: Option<VectorClock>) -> Result<WriteResponse, ClientError> {
         let url = self.key_url(key)?;
         let body = DeleteRequest { context };

@@ -26,6 +26,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Largest clock counter accepted from a client or a peer: 2^53, the largest integer every JSON
+/// implementation represents exactly. A replica would need centuries of writes to one key to reach
+/// it; refusing more keeps a hostile context from pinning a key at `u64::MAX`.
+pub const MAX_COUNTER: u64 = 1 << 53;
+
 /// How clock `a` relates to clock `b` (`a.compare(&b)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Causality {

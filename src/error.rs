@@ -21,6 +21,20 @@ pub enum Error {
     /// The request conflicts with the replica's identity (e.g. a batch from a non-member). (409)
     #[error("{0}")]
     Conflict(String),
+    /// A conditional write whose context does not cover every version the replica holds for
+    /// the key: the client never saw some of them. Nothing was written. Merge `versions` and
+    /// write again with `context`. (409, with the key, the versions and the context)
+    #[error("{message}")]
+    StaleContext {
+        /// What happened, for a person.
+        message: String,
+        /// The key written.
+        key: String,
+        /// Every version the replica holds for the key, tombstones included.
+        versions: Vec<crate::versions::Version>,
+        /// The join of their clocks: the context to write back with.
+        context: crate::clock::VectorClock,
+    },
     /// The replica cannot serve right now (shutting down, storage busy): retry later. (503)
     #[error("{0}")]
     Unavailable(String),

@@ -74,6 +74,19 @@ impl ReadResponse {
     }
 }
 
+/// Body of a `404` from `GET /kv/{key}` and of a `409` write conflict: GET's shape plus the
+/// error. On a 404 `versions` is empty and `context` is the join of the key's tombstones (all
+/// zeros for a key never written), so a writer always has a context to send; on a 409
+/// `versions` holds every version the replica has for the key, tombstones included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The key, its versions and the context to write back with.
+    #[serde(flatten)]
+    pub state: ReadResponse,
+}
+
 /// Body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::anti_entropy::{requested_ranges, AntiEntropyConfig};
 use crate::auth::ClusterKey;
-use crate::clock::VectorClock;
+use crate::clock::{VectorClock, MAX_COUNTER};
 use crate::cluster::{Layout, Member, ReplicaId};
 use crate::error::{Error, Result};
 use crate::protocol::{
@@ -30,12 +30,7 @@ use crate::protocol::{
 };
 use crate::replication::{announce, on_store, peer_http_client, signed_post, PeerLink, Sender};
 use crate::store::{MergeRecord, Store};
-use crate::versions::{MergeOutcome, SiblingSet, Version};
-
-/// Largest clock counter accepted from a client or a peer: 2^53, the largest integer every JSON
-/// implementation represents exactly. A replica would need centuries of writes to one key to reach
-/// it; refusing more keeps a hostile context from pinning a key at `u64::MAX`.
-pub const MAX_COUNTER: u64 = 1 << 53;
+use crate::versions::{MergeOutcome, SiblingSet, Version, WriteRefusal};
 
 /// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
 /// at the same number): so many concurrent versions mean clients write without reading the
@@ -110,6 +105,52 @@ fn show_clocks(clocks: &[VectorClock]) -> String {
         [] => "(none)".to_string(),
         [one] => one.to_string(),
         many => format!("{{{}}}", many.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ∥ ")),
+    }
+}
+
+/// The error for a refused client write, logged as the replica's decision. A context that does
+/// not cover the local set is a conflict the client resolves (409, with every version it
+/// missed); the other refusals mean the context cannot have come from a GET of this key (400).
+fn refused(
+    me: ReplicaId,
+    n: usize,
+    key: &str,
+    what: &str,
+    current: &SiblingSet,
+    context: Option<&VectorClock>,
+    refusal: WriteRefusal,
+) -> Error {
+    let local = current.context(n);
+    match refusal {
+        WriteRefusal::NotCovered => {
+            let ctx = context.cloned().unwrap_or_else(|| VectorClock::zero(n));
+            let missed: Vec<VectorClock> = current.not_covered_by(&ctx).map(|v| v.clock.clone()).collect();
+            let clocks: Vec<VectorClock> = current.versions().iter().map(|v| v.clock.clone()).collect();
+            warn!(
+                "replica {me} · key {key} · {what} vs local {} → CONFLICT, refused (409): the client never saw {}",
+                show_clocks(&clocks),
+                show_clocks(&missed)
+            );
+            Error::StaleContext {
+                message: format!(
+                    "conflict: key {key:?} holds {} version(s) the context {ctx} does not cover ({}); nothing was \
+                     written. Merge the versions returned and write again with the context returned",
+                    missed.len(),
+                    show_clocks(&missed)
+                ),
+                key: key.to_string(),
+                versions: current.versions().to_vec(),
+                context: local,
+            }
+        }
+        WriteRefusal::ContextAhead => Error::InvalidInput(format!(
+            "the context {} is ahead of this replica for key {key:?} (it holds {local}); send the context of a GET \
+             of this key",
+            context.map(ToString::to_string).unwrap_or_default()
+        )),
+        WriteRefusal::CounterLimit => Error::InvalidInput(format!(
+            "the new clock would pass the counter limit {MAX_COUNTER}: the context is not from a GET of this key"
+        )),
     }
 }
 
@@ -267,32 +308,22 @@ impl Replica {
         let (n, position, me) = (self.layout.n(), self.layout.me().position(), self.id());
         let links = self.links.clone();
         self.blocking(move |store| {
-            let what = match &value {
+            let mut what = match &value {
                 Some(_) => format!("client write {}", preview(value.as_deref())),
                 None => "client delete".to_string(),
             };
-            let clock = store.write_local(&key, |current| {
-                let local = current.context(n);
-                if let Some(ctx) = &context {
-                    if ctx.counters()[position] > local.counters()[position] {
-                        return Err(Error::InvalidInput(format!(
-                            "the context {ctx} is ahead of this replica for key {key:?} (it holds {local}); \
-                             send the context of a GET of this key"
-                        )));
-                    }
-                }
+            if let Some(ctx) = &context {
+                what = format!("{what} with context {ctx}");
+            }
+            let (clock, replaced) = store.write_local(&key, |current| {
                 let clock = current
-                    .next_clock(n, context.as_ref(), position)
-                    .filter(|c| c.counters().iter().all(|&x| x <= MAX_COUNTER))
-                    .ok_or_else(|| {
-                        Error::InvalidInput(format!(
-                            "the new clock would pass the counter limit {MAX_COUNTER}: the context is not from a GET of this key"
-                        ))
-                    })?;
+                    .client_write(n, context.as_ref(), position)
+                    .map_err(|refusal| refused(me, n, &key, &what, current, context.as_ref(), refusal))?;
                 let version = Version { clock: clock.clone(), value };
-                Ok((SiblingSet::single(version), clock))
+                Ok((SiblingSet::single(version), (clock, current.len())))
             })?;
-            info!("replica {me} · key {key} · {what} → clock {clock}");
+            let resolves = if replaced > 1 { format!(" (supersedes {replaced} siblings)") } else { String::new() };
+            info!("replica {me} · key {key} · {what} → clock {clock}{resolves}");
             for link in &links {
                 link.wake();
             }

@@ -387,7 +387,7 @@ mod tests {
     fn put(store: &Store, key: &str, value: &str) -> VectorClock {
         store
             .write_local(key, |cur| {
-                let clock = cur.next_clock(3, None, 0).unwrap();
+                let clock = cur.client_write(3, None, 0).unwrap();
                 Ok((SiblingSet::single(Version::value(value, clock.clone())), clock))
             })
             .unwrap()

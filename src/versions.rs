@@ -9,16 +9,33 @@
 //!
 //! # Two ways a set changes
 //!
-//! **A client write at replica `i`** (with an optional *context*, the clock the client read)
-//! mints `new = join(context, join of every local clock)` and advances position `i`:
+//! **A client write at replica `i`** carries an optional *context*: the clock the client read
+//! (GET's `context`, the join of every version it was shown). The rule is the one promise the
+//! store makes to every client — **a write replaces only what its client has seen**:
+//!
+//! ```text
+//!   with context C:   C covers the local set L (every clock in L ≤ C; true when L is empty)
+//!                        → new = join(C, all of L), +1 at i; it supersedes L       200
+//!                     L holds a version C does not cover (the client never saw it)
+//!                        → refused, nothing written; the client gets L back        409
+//!   without context:  a blind write (the seed's plain Add_Update): C = join(L), so it
+//!                     always covers L — the last writer at this replica wins
+//! ```
 //!
 //! ```text
 //!   local siblings  {[1, 0, 0], [0, 1, 0]}      context [1, 1, 0]   write at position 2
+//!   covered?        [1, 0, 0] ≤ [1, 1, 0] and [0, 1, 0] ≤ [1, 1, 0]  → yes
 //!   new clock       join → [1, 1, 0]  then +1 at 2  →  [1, 1, 1]
 //!   result          {[1, 1, 1]}                 (dominates both: the conflict is resolved)
+//!
+//!   local siblings  {[1, 0, 0], [0, 1, 0]}      context [1, 0, 0]   (read before [0, 1, 0] arrived)
+//!   covered?        [0, 1, 0] ≰ [1, 0, 0]       → no: 409 with both versions and context [1, 1, 0]
 //! ```
 //!
-//! The new version replaces everything the replica holds for the key. Versions elsewhere that it
+//! An all-zero context means "I saw no version": it is covered only while the key has no
+//! version here (a tombstone is a version). Without this rule, two clients that read the same
+//! version and both write back would each get a 200 while the second silently erased the
+//! first — the lost update Jepsen found in Riak's set workload. Versions elsewhere that `new`
 //! does not dominate (written concurrently at other replicas) become its siblings when they meet.
 //!
 //! **A version arriving from a peer** is *merged* ([`SiblingSet::merge`]):
@@ -33,7 +50,9 @@
 //! commutative (arrival order does not matter) and associative (batching does not matter). So
 //! duplicated, reordered and retried replication is harmless, and two replicas that have seen
 //! the same versions hold the same set. The property tests below check all three laws and the
-//! antichain invariant over random histories.
+//! antichain invariant over random histories, and replay random interleavings of conditional
+//! writes and merges at several replicas against Jepsen's set criterion: every acknowledged
+//! element is in the final value.
 //!
 //! # Worked example: Dynamo's shopping cart (DeCandia et al., 2007, Figure 3)
 //!
@@ -57,7 +76,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Causality, VectorClock};
+use crate::clock::{Causality, VectorClock, MAX_COUNTER};
 
 /// One version of a key: a value or a tombstone, with the clock that stamps it.
 ///
@@ -115,6 +134,19 @@ impl From<Version> for VersionWire {
         let deleted = v.value.is_none();
         VersionWire { value: v.value, deleted, clock: v.clock }
     }
+}
+
+/// Why a client write was refused. Nothing is written in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefusal {
+    /// The set holds a version the context does not cover: the client never saw it. The client
+    /// merges the current versions and retries with their context. (HTTP 409)
+    NotCovered,
+    /// The context's counter at the coordinator's own position is ahead of every counter this
+    /// replica holds for the key: only a forged context, or one read from another key, can be. (400)
+    ContextAhead,
+    /// The new clock would pass [`MAX_COUNTER`] (only a hostile context gets there). (400)
+    CounterLimit,
 }
 
 /// What merging one incoming version did to a set — the decision a replica logs.
@@ -196,14 +228,42 @@ impl SiblingSet {
         self.versions.iter().fold(VectorClock::zero(n), |acc, v| acc.join(&v.clock))
     }
 
-    /// The clock a client write at `position` mints: the join of `context` (if any) and every local
-    /// clock, advanced at `position`. `None` only if that counter would overflow.
-    pub fn next_clock(&self, n: usize, context: Option<&VectorClock>, position: usize) -> Option<VectorClock> {
-        let mut base = self.context(n);
-        if let Some(ctx) = context {
-            base = base.join(ctx);
-        }
+    /// True when `context` covers the set: every version's clock is ≤ `context`, so a client
+    /// holding that context has seen every version here. True for the empty set.
+    pub fn covered_by(&self, context: &VectorClock) -> bool {
+        self.versions.iter().all(|v| context.descends(&v.clock))
+    }
+
+    /// The versions `context` does not cover: the ones a client holding it never saw.
+    pub fn not_covered_by<'a>(&'a self, context: &'a VectorClock) -> impl Iterator<Item = &'a Version> + 'a {
+        self.versions.iter().filter(move |v| !context.descends(&v.clock))
+    }
+
+    /// Decides a client write at `position` against this set (the rule in the module docs):
+    /// the clock the new version gets, which supersedes the whole set, or why the write is
+    /// refused. `None` is a blind write. Pure: the caller stores the result.
+    pub fn client_write(
+        &self,
+        n: usize,
+        context: Option<&VectorClock>,
+        position: usize,
+    ) -> Result<VectorClock, WriteRefusal> {
+        let local = self.context(n);
+        let base = match context {
+            None => local,
+            Some(ctx) => {
+                if ctx.counters().get(position).copied().unwrap_or(0) > local.counters()[position] {
+                    return Err(WriteRefusal::ContextAhead);
+                }
+                if !self.covered_by(ctx) {
+                    return Err(WriteRefusal::NotCovered);
+                }
+                local.join(ctx)
+            }
+        };
         base.incremented(position)
+            .filter(|c| c.counters().iter().all(|&x| x <= MAX_COUNTER))
+            .ok_or(WriteRefusal::CounterLimit)
     }
 
     /// Merges one incoming version (see the module docs for the rule) and says what happened.
@@ -249,6 +309,8 @@ impl SiblingSet {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use proptest::prelude::*;
 
@@ -310,11 +372,87 @@ mod tests {
     }
 
     #[test]
-    fn next_clock_dominates_local_and_context() {
+    fn blind_write_dominates_everything_local() {
         let set = SiblingSet::from_versions([val("a", &[1, 0, 0]), val("b", &[0, 1, 0])]);
-        assert_eq!(set.next_clock(3, None, 2), Some(vc(&[1, 1, 1])));
-        assert_eq!(set.next_clock(3, Some(&vc(&[0, 0, 5])), 0), Some(vc(&[2, 1, 5])));
-        assert_eq!(SiblingSet::new().next_clock(3, None, 1), Some(vc(&[0, 1, 0])));
+        assert_eq!(set.client_write(3, None, 2), Ok(vc(&[1, 1, 1])));
+        assert_eq!(SiblingSet::new().client_write(3, None, 1), Ok(vc(&[0, 1, 0])));
+    }
+
+    // The covers rule, case by case: the context C covers the local set L iff every clock in L ≤ C.
+
+    #[test]
+    fn covered_context_supersedes_and_joins() {
+        // C strictly after every version in L, and ahead at other replicas' positions.
+        let set = SiblingSet::from_versions([val("a", &[1, 0, 0]), val("b", &[0, 1, 0])]);
+        assert!(set.covered_by(&vc(&[1, 2, 5])));
+        assert_eq!(set.client_write(3, Some(&vc(&[1, 2, 5])), 0), Ok(vc(&[2, 2, 5])));
+    }
+
+    #[test]
+    fn context_equal_to_the_set_is_covered() {
+        let set = SiblingSet::from_versions([val("a", &[1, 0, 0]), val("b", &[0, 1, 0])]);
+        let ctx = set.context(3);
+        assert_eq!(ctx, vc(&[1, 1, 0]));
+        assert_eq!(set.client_write(3, Some(&ctx), 2), Ok(vc(&[1, 1, 1])));
+        let one = SiblingSet::single(val("a", &[2, 0, 0]));
+        assert_eq!(one.client_write(3, Some(&vc(&[2, 0, 0])), 0), Ok(vc(&[3, 0, 0])));
+    }
+
+    #[test]
+    fn context_that_misses_a_sibling_is_refused() {
+        // The client read [1, 0, 0]; [0, 1, 0] arrived from a peer afterwards.
+        let set = SiblingSet::from_versions([val("a", &[1, 0, 0]), val("b", &[0, 1, 0])]);
+        assert!(!set.covered_by(&vc(&[1, 0, 0])));
+        assert_eq!(set.client_write(3, Some(&vc(&[1, 0, 0])), 0), Err(WriteRefusal::NotCovered));
+        let read = vc(&[1, 0, 0]);
+        let missed: Vec<&Version> = set.not_covered_by(&read).collect();
+        assert_eq!(missed, vec![&val("b", &[0, 1, 0])]);
+    }
+
+    #[test]
+    fn context_older_than_a_newer_local_version_is_refused() {
+        // Two clients read [1, 0, 0]; the first wrote [2, 0, 0]; the second must not erase it.
+        let set = SiblingSet::single(val("first", &[2, 0, 0]));
+        assert_eq!(set.client_write(3, Some(&vc(&[1, 0, 0])), 0), Err(WriteRefusal::NotCovered));
+        // The same, with the newer version minted elsewhere (concurrent to the context).
+        let set = SiblingSet::single(val("first", &[1, 1, 0]));
+        assert_eq!(set.client_write(3, Some(&vc(&[1, 0, 1])), 0), Err(WriteRefusal::NotCovered));
+    }
+
+    #[test]
+    fn zero_context_means_i_saw_nothing() {
+        let zero = VectorClock::zero(3);
+        assert!(SiblingSet::new().covered_by(&zero));
+        assert_eq!(SiblingSet::new().client_write(3, Some(&zero), 1), Ok(vc(&[0, 1, 0])));
+        let set = SiblingSet::single(val("a", &[0, 0, 1]));
+        assert_eq!(set.client_write(3, Some(&zero), 1), Err(WriteRefusal::NotCovered));
+    }
+
+    #[test]
+    fn tombstones_count_as_versions_the_client_must_have_seen() {
+        let deleted = SiblingSet::single(Version::tombstone(vc(&[0, 2, 0])));
+        assert_eq!(deleted.client_write(3, Some(&VectorClock::zero(3)), 0), Err(WriteRefusal::NotCovered));
+        assert_eq!(deleted.client_write(3, Some(&vc(&[0, 2, 0])), 0), Ok(vc(&[1, 2, 0])));
+        let mixed = SiblingSet::from_versions([val("a", &[1, 0, 0]), Version::tombstone(vc(&[0, 1, 0]))]);
+        assert_eq!(mixed.client_write(3, Some(&vc(&[1, 0, 0])), 2), Err(WriteRefusal::NotCovered));
+        assert_eq!(mixed.client_write(3, Some(&vc(&[1, 1, 0])), 2), Ok(vc(&[1, 1, 1])));
+    }
+
+    #[test]
+    fn context_ahead_of_this_replica_is_refused_as_forged() {
+        // Position 0 has issued counter 1 for this key; a context claiming 2 cannot come from a GET.
+        let set = SiblingSet::single(val("a", &[1, 0, 0]));
+        assert_eq!(set.client_write(3, Some(&vc(&[2, 0, 0])), 0), Err(WriteRefusal::ContextAhead));
+        assert_eq!(SiblingSet::new().client_write(3, Some(&vc(&[1, 0, 0])), 0), Err(WriteRefusal::ContextAhead));
+        // Ahead at another replica's position is fine: the client read a newer version there.
+        assert_eq!(set.client_write(3, Some(&vc(&[1, 3, 0])), 0), Ok(vc(&[2, 3, 0])));
+    }
+
+    #[test]
+    fn counter_limit_is_refused() {
+        let set = SiblingSet::single(val("a", &[MAX_COUNTER, 0]));
+        assert_eq!(set.client_write(2, None, 0), Err(WriteRefusal::CounterLimit));
+        assert_eq!(set.client_write(2, Some(&vc(&[MAX_COUNTER, 0])), 1), Ok(vc(&[MAX_COUNTER, 1])));
     }
 
     #[test]
@@ -330,13 +468,13 @@ mod tests {
     }
 
     /// Dynamo's Figure 3, replayed at three replicas. Sx, Sy, Sz are clock positions 0, 1, 2;
-    /// each replica is a sibling set, each write uses `next_clock` exactly as the server does.
+    /// each replica is a sibling set, each write uses `client_write` exactly as the server does.
     #[test]
     fn dynamo_shopping_cart() {
         let (sx, sy, sz) = (0, 1, 2);
         let mut at = [SiblingSet::new(), SiblingSet::new(), SiblingSet::new()];
         let write = |set: &mut SiblingSet, pos: usize, ctx: Option<&VectorClock>, v: &str| {
-            let clock = set.next_clock(3, ctx, pos).unwrap();
+            let clock = set.client_write(3, ctx, pos).unwrap();
             *set = SiblingSet::single(val(v, clock.counters()));
             clock
         };
@@ -446,12 +584,126 @@ mod tests {
         }
 
         #[test]
-        fn a_client_write_supersedes_everything_local(h in history(), pos in 0usize..3) {
+        fn a_blind_write_supersedes_everything_local(h in history(), pos in 0usize..3) {
             let set = SiblingSet::from_versions(h);
-            let clock = set.next_clock(3, None, pos).unwrap();
+            let clock = set.client_write(3, None, pos).unwrap();
             for v in set.versions() {
                 prop_assert_eq!(clock.compare(&v.clock), Causality::After);
             }
         }
+
+        #[test]
+        fn a_conditional_write_succeeds_exactly_when_covered(
+            h in history(),
+            ctx in proptest::collection::vec(0u64..3, 3),
+            pos in 0usize..3,
+        ) {
+            let (set, ctx) = (SiblingSet::from_versions(h), VectorClock::from(ctx));
+            let ahead = ctx.counters()[pos] > set.context(3).counters()[pos];
+            match set.client_write(3, Some(&ctx), pos) {
+                Ok(clock) => {
+                    prop_assert!(!ahead && set.covered_by(&ctx));
+                    prop_assert_eq!(clock.compare(&ctx), Causality::After);
+                    for v in set.versions() {
+                        prop_assert_eq!(clock.compare(&v.clock), Causality::After);
+                    }
+                }
+                Err(WriteRefusal::ContextAhead) => prop_assert!(ahead),
+                Err(WriteRefusal::NotCovered) => {
+                    prop_assert!(!ahead && !set.covered_by(&ctx));
+                    prop_assert!(set.not_covered_by(&ctx).count() > 0);
+                }
+                Err(WriteRefusal::CounterLimit) => prop_assert!(false, "counters here are tiny"),
+            }
+        }
+
+        /// Jepsen's set workload on the pure core: clients read a replica, merge the siblings'
+        /// elements, add one, and write back with the context read, at any replica; replicas
+        /// merge each other's sets in any order. Whatever the interleaving, (1) a write removes
+        /// only versions its context covered, (2) a merge removes only versions the incoming one
+        /// dominates, and (3) once everything is exchanged, every acknowledged element is in the
+        /// value at every replica.
+        #[test]
+        fn set_workload_never_loses_an_acknowledged_element(steps in workload()) {
+            const N: usize = 3;
+            let mut replicas = vec![SiblingSet::new(); N];
+            // Per client: what it last read (elements, context).
+            let mut reads: Vec<Option<(BTreeSet<u32>, VectorClock)>> = vec![None; 3];
+            let mut acked = Vec::new();
+            for (element, step) in (0u32..).zip(steps) {
+                match step {
+                    Step::Read { client, replica } => {
+                        let set = &replicas[replica];
+                        reads[client] = Some((elements_of(set), set.context(N)));
+                    }
+                    Step::Write { client, replica } => {
+                        let Some((seen, ctx)) = reads[client].clone() else { continue };
+                        let before = replicas[replica].clone();
+                        match before.client_write(N, Some(&ctx), replica) {
+                            Ok(clock) => {
+                                for v in before.versions() {
+                                    prop_assert!(ctx.descends(&v.clock), "removed {v:?}, not covered by {ctx}");
+                                }
+                                let mut next = seen.clone();
+                                next.insert(element);
+                                replicas[replica] = SiblingSet::single(Version::value(encode(&next), clock));
+                                acked.push(element);
+                                // The client's next write must read again.
+                                reads[client] = None;
+                            }
+                            Err(WriteRefusal::NotCovered) => reads[client] = None,
+                            Err(other) => prop_assert!(false, "a real context was refused: {other:?}"),
+                        }
+                    }
+                    Step::Sync { from, to } => {
+                        let incoming = replicas[from].clone();
+                        let before = replicas[to].clone();
+                        replicas[to].merge_set(&incoming);
+                        for v in before.versions() {
+                            let kept = replicas[to].versions().contains(v);
+                            let dominated = incoming.versions().iter().any(|i| i.clock.compare(&v.clock) == Causality::After);
+                            prop_assert!(kept || dominated, "merge dropped {v:?}");
+                        }
+                    }
+                }
+            }
+            let mut all = SiblingSet::new();
+            for r in &replicas {
+                all.merge_set(r);
+            }
+            let present = elements_of(&all);
+            for e in &acked {
+                prop_assert!(present.contains(e), "acknowledged element {e} lost; final {all:?}");
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Read { client: usize, replica: usize },
+        Write { client: usize, replica: usize },
+        Sync { from: usize, to: usize },
+    }
+
+    fn workload() -> impl Strategy<Value = Vec<Step>> {
+        let step = prop_oneof![
+            (0usize..3, 0usize..3).prop_map(|(client, replica)| Step::Read { client, replica }),
+            (0usize..3, 0usize..3).prop_map(|(client, replica)| Step::Write { client, replica }),
+            (0usize..3, 0usize..3).prop_map(|(from, to)| Step::Sync { from, to }),
+        ];
+        proptest::collection::vec(step, 0..60)
+    }
+
+    fn encode(elements: &BTreeSet<u32>) -> String {
+        elements.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    /// The union of every live sibling's elements.
+    fn elements_of(set: &SiblingSet) -> BTreeSet<u32> {
+        set.versions()
+            .iter()
+            .filter_map(|v| v.value.as_deref())
+            .flat_map(|s| s.split(',').filter(|e| !e.is_empty()).map(|e| e.parse::<u32>().unwrap()))
+            .collect()
     }
 }

@@ -474,3 +474,100 @@ async fn unknown_routes_and_methods_get_json_errors() {
     f.expect_error("GET", "/kv/", None, StatusCode::NOT_FOUND, "no such route").await;
     f.expect_error("POST", "/kv/k", Some("{}"), StatusCode::METHOD_NOT_ALLOWED, "method").await;
 }
+
+// The write contract: a write with a context replaces only what that context covers.
+
+/// Two clients read the same version; the first writes back with it and wins; the second,
+/// still holding the old context, is refused with 409, the version it missed and the context
+/// to retry with — and nothing it sent is written.
+#[tokio::test]
+async fn a_write_with_a_stale_context_is_refused_with_the_versions_it_missed() {
+    let f = fixture();
+    f.put("k", json!({"value": "v1"})).await; // [1, 0, 0]
+    let (_, read) = f.get("k").await;
+    let ctx = read["context"].clone();
+    let (status, first) = f.put("k", json!({"value": "v1+a", "context": ctx})).await;
+    assert_eq!((status, &first["clock"]), (StatusCode::OK, &json!([2, 0, 0])));
+    let (status, body) = f.put("k", json!({"value": "v1+b", "context": ctx})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("conflict"), "{body}");
+    assert_eq!(body["key"], "k");
+    assert_eq!(body["versions"], json!([{"value": "v1+a", "clock": [2, 0, 0]}]));
+    assert_eq!(body["context"], json!([2, 0, 0]));
+    // Nothing written: the replica still holds exactly the first writer's version.
+    assert_eq!(f.get("k").await.1["versions"], json!([{"value": "v1+a", "clock": [2, 0, 0]}]));
+    // Retrying with the context from the 409 succeeds and supersedes it.
+    let (status, w) = f.put("k", json!({"value": "v1+a+b", "context": body["context"]})).await;
+    assert_eq!((status, &w["clock"]), (StatusCode::OK, &json!([3, 0, 0])));
+}
+
+/// A sibling that arrived from a peer after the client's read is a version the client never
+/// saw: the write is refused and the 409 lists every sibling, tombstones included.
+#[tokio::test]
+async fn a_sibling_that_arrived_after_the_read_makes_the_write_a_conflict() {
+    let f = fixture();
+    f.put("k", json!({"value": "local"})).await; // [1, 0, 0]
+    let ctx = f.get("k").await.1["context"].clone();
+    let body = batch(2, json!([{"key": "k", "versions": [{"deleted": true, "clock": [0, 1, 0]}]}]));
+    assert_eq!(f.call("POST", "/replicate", Some(&body)).await.0, StatusCode::OK);
+    let (status, body) = f.put("k", json!({"value": "mine", "context": ctx})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["versions"],
+        json!([{"deleted": true, "clock": [0, 1, 0]}, {"value": "local", "clock": [1, 0, 0]}])
+    );
+    assert_eq!(body["context"], json!([1, 1, 0]));
+    // A delete with the stale context is refused the same way.
+    let (status, del) = f.call("DELETE", "/kv/k", Some(&json!({"context": ctx}).to_string())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{del}");
+    assert_eq!(del["versions"], body["versions"]);
+    // A blind write is the seed's plain update: last writer at this replica wins.
+    let (status, w) = f.put("k", json!({"value": "blind"})).await;
+    assert_eq!((status, &w["clock"]), (StatusCode::OK, &json!([2, 1, 0])));
+}
+
+/// A 404 carries the context a first write needs: zeros for a key never written, the
+/// tombstone's clock for a deleted one. An all-zero context succeeds only while the key has no
+/// version here.
+#[tokio::test]
+async fn a_404_carries_the_context_for_a_first_write() {
+    let f = fixture();
+    let (status, body) = f.get("fresh").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["versions"], json!([]));
+    assert_eq!(body["context"], json!([0, 0, 0]));
+    assert_eq!(body["key"], "fresh");
+    assert!(body["error"].as_str().unwrap().contains("not found"));
+    let (status, w) = f.put("fresh", json!({"value": "first", "context": [0, 0, 0]})).await;
+    assert_eq!((status, &w["clock"]), (StatusCode::OK, &json!([1, 0, 0])));
+    let (status, body) = f.put("fresh", json!({"value": "also first", "context": [0, 0, 0]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["versions"], json!([{"value": "first", "clock": [1, 0, 0]}]));
+
+    // Deleted: 404 with the tombstone's clock as context.
+    let (status, d) = f.call("DELETE", "/kv/fresh", Some(r#"{"context": [1, 0, 0]}"#)).await;
+    assert_eq!((status, &d["clock"]), (StatusCode::OK, &json!([2, 0, 0])));
+    let (status, body) = f.get("fresh").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["context"], json!([2, 0, 0]));
+    assert_eq!(body["versions"], json!([]));
+    // The tombstone is a version: a zero context no longer covers it.
+    assert_eq!(f.put("fresh", json!({"value": "x", "context": [0, 0, 0]})).await.0, StatusCode::CONFLICT);
+    let (status, w) = f.put("fresh", json!({"value": "again", "context": [2, 0, 0]})).await;
+    assert_eq!((status, &w["clock"]), (StatusCode::OK, &json!([3, 0, 0])));
+}
+
+/// With `?w=K` the 409 is decided here, before anything is written or sent to a peer (the
+/// peers of this fixture do not exist: a write that got as far as the quorum would be a 503).
+#[tokio::test]
+async fn a_quorum_write_with_a_stale_context_is_refused_before_it_is_sent() {
+    let f = fixture();
+    f.put("k", json!({"value": "v"})).await; // [1, 0, 0]
+    let (status, body) =
+        f.call("PUT", "/kv/k?w=3", Some(&json!({"value": "stale", "context": [0, 0, 0]}).to_string())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["versions"], json!([{"value": "v", "clock": [1, 0, 0]}]));
+    assert_eq!(f.get("k").await.1["versions"], json!([{"value": "v", "clock": [1, 0, 0]}]));
+    let status = f.replica.status().await.unwrap();
+    assert!(status.peers.iter().all(|p| p.outbox_depth == 1), "only the first write is queued: {status:?}");
+}

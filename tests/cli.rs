@@ -202,3 +202,52 @@ fn cli_reads_writes_and_flags_conflicts() {
     assert_eq!(text(&out.stdout).trim(), "deleted \"cart\" at replica 2 · clock [2, 3]");
     assert_eq!(cli(&["--server", &a2, "get", "cart"]).status.code(), Some(1));
 }
+
+/// Read-modify-write from the command line. `vkv put --context` with a context the replica has
+/// moved past is refused: exit 4, the versions the client missed with their clocks, and the exact
+/// command to resolve — nothing overwritten. `vkv update` reads and writes with the read
+/// context; `vkv get` of a missing key shows the context a first write needs.
+#[test]
+fn cli_refuses_stale_context_writes_and_updates_with_the_read_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::new(SERVER, free_ports(2).unwrap(), dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    cluster.start_all().unwrap();
+    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
+    let a1 = cluster.address(1);
+    let cli = |args: &[&str]| run(CLI, args);
+
+    let out = cli(&["--server", &a1, "--json", "get", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["context"], serde_json::json!([0, 0]), "{json}");
+    assert_eq!(json["versions"], serde_json::json!([]), "{json}");
+    let out = cli(&["--server", &a1, "get", "list"]);
+    assert!(text(&out.stderr).contains("context 0,0"), "{}", text(&out.stderr));
+
+    // First write with the zero context, then a second writer that also read nothing.
+    let out = cli(&["--server", &a1, "put", "list", "a", "--context", "0,0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli(&["--server", &a1, "put", "list", "b", "--context", "0,0"]);
+    assert_eq!(out.status.code(), Some(4), "a stale context is a conflict: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("CONFLICT: not written"), "{shown}");
+    assert!(shown.contains("\"a\"  clock [1, 0]"), "{shown}");
+    assert!(shown.contains("vkv put \"list\" <merged value> --context 1,0"), "{shown}");
+    let out = cli(&["--server", &a1, "--json", "put", "list", "b", "--context", "0,0"]);
+    assert_eq!(out.status.code(), Some(4));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["versions"], serde_json::json!([{"value": "a", "clock": [1, 0]}]), "{json}");
+    assert_eq!(json["context"], serde_json::json!([1, 0]), "{json}");
+    assert_eq!(text(&cli(&["--server", &a1, "get", "list"]).stdout).trim(), "a  clock [1, 0]", "not overwritten");
+
+    // update = read + write with the read context.
+    let out = cli(&["--server", &a1, "update", "list", "a,b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "updated \"list\" at replica 1 · clock [2, 0]");
+    let out = cli(&["--server", &a1, "delete", "list", "--context", "1,0"]);
+    assert_eq!(out.status.code(), Some(4), "a stale delete is refused too");
+    let out = cli(&["--server", &a1, "update", "fresh", "first"]);
+    assert!(out.status.success(), "update of a missing key: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "updated \"fresh\" at replica 1 · clock [1, 0]");
+}

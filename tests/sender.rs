@@ -74,7 +74,7 @@ fn start_sender(peer_port: u16) -> Fixture {
 fn write(store: &Store, key: &str) {
     store
         .write_local(key, |cur| {
-            let clock = cur.next_clock(2, None, 0).unwrap();
+            let clock = cur.client_write(2, None, 0).unwrap();
             Ok((SiblingSet::single(Version::value("v", clock.clone())), clock))
         })
         .map(|_: VectorClock| ())

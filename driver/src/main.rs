@@ -11,6 +11,7 @@ mod backend;
 mod chaos;
 mod report;
 mod scenarios;
+mod sets;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,11 +34,13 @@ enum Scenario {
     OfflineConflict,
     /// 4: Dynamo's D1–D5 shopping cart.
     Dynamo,
-    /// 5: random crashes under concurrent load, with a checker.
+    /// 5: simultaneous read-modify-write at one replica: 409s, merges, nothing lost.
+    ReadModifyWrite,
+    /// 6: random crashes under a concurrent set workload, with Jepsen's set checker.
     Chaos,
-    /// 6: a network partition (docker only).
+    /// 7: a network partition (docker only).
     Partition,
-    /// 7: keys no outbox remembers converge through anti-entropy (local only).
+    /// 8: keys no outbox remembers converge through anti-entropy (local only).
     AntiEntropy,
 }
 
@@ -127,6 +130,7 @@ async fn run_all(ctx: &mut Ctx, chosen: &[Scenario], args: &Args, seed: u64) -> 
             Scenario::Conflict => scenarios::conflict(ctx).await,
             Scenario::OfflineConflict => scenarios::offline_conflict(ctx).await,
             Scenario::Dynamo => scenarios::dynamo(ctx).await,
+            Scenario::ReadModifyWrite => scenarios::read_modify_write(ctx).await,
             Scenario::Chaos => {
                 let cfg = chaos::ChaosConfig {
                     duration: Duration::from_secs(args.chaos_secs),
@@ -177,7 +181,13 @@ async fn main() -> ExitCode {
     }
     let mut chosen = args.scenarios.clone();
     if chosen.is_empty() {
-        chosen = vec![Scenario::NoConflict, Scenario::Conflict, Scenario::OfflineConflict, Scenario::Dynamo];
+        chosen = vec![
+            Scenario::NoConflict,
+            Scenario::Conflict,
+            Scenario::OfflineConflict,
+            Scenario::Dynamo,
+            Scenario::ReadModifyWrite,
+        ];
         if args.docker {
             chosen.push(Scenario::Partition);
         }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Barrier;
+use vkv::client::ClientError;
 use vkv::clock::{Causality, VectorClock};
 use vkv::local::Stop;
 use vkv::protocol::ReadResponse;
@@ -12,7 +13,7 @@ use vkv::versions::Version;
 
 use crate::backend::{describe, Backend};
 use crate::report::Report;
-use crate::say;
+use crate::{say, sets};
 
 /// Time replicas get to converge after a step before a check fails.
 pub const SETTLE: Duration = Duration::from_secs(15);
@@ -361,7 +362,7 @@ pub async fn dynamo(ctx: &mut Ctx) -> Result<(), String> {
 pub async fn partition(ctx: &mut Ctx) -> Result<(), String> {
     let n = ctx.n();
     ctx.report.scenario(
-        "6 partition (docker)",
+        "7 partition (docker)",
         "kv5 is disconnected from the network (docker network disconnect). A client writes k at kv1
          and another writes k at kv5 (through docker exec, as kv5 is unreachable from outside).
          Expect: after reconnecting, every replica holds both writes as siblings.",
@@ -397,12 +398,12 @@ pub async fn partition(ctx: &mut Ctx) -> Result<(), String> {
 /// Anti-entropy period the driver gives local replicas (the server's default is 10 s).
 pub const DRIVER_AE_SECS: &str = "1";
 
-/// Scenario 7 (local): keys that no outbox remembers reach every replica through anti-entropy
+/// Scenario 8 (local): keys that no outbox remembers reach every replica through anti-entropy
 /// alone; prints the time to converge and the repair rate.
 pub async fn anti_entropy(ctx: &mut Ctx, keys: usize) -> Result<(), String> {
     let n = ctx.n();
     ctx.report.scenario(
-        "7 anti-entropy",
+        "8 anti-entropy",
         &format!(
             "Replica 1 is stopped and {keys} keys are put straight into its store, with no outbox marks
              (as if its queue had been lost). Replica 1 restarts; the other {} replicas can only learn
@@ -462,5 +463,101 @@ pub async fn anti_entropy(ctx: &mut Ctx, keys: usize) -> Result<(), String> {
     let depth: u64 =
         ctx.backend.client(1).status().await.map_err(|e| e.to_string())?.peers.iter().map(|p| p.outbox_depth).sum();
     ctx.report.check(depth == 0, "nothing travelled through replica 1's outbox", format!("outbox depth {depth}"));
+    Ok(())
+}
+
+/// Scenario 5: several clients read-modify-write one key at one replica at the same moment.
+/// Each round releases every client still pending through a barrier, all holding the same
+/// context: the replica applies one write and refuses the others with 409 and the version they
+/// missed; each loser merges it and tries again next round. No addition is lost.
+pub async fn read_modify_write(ctx: &mut Ctx) -> Result<(), String> {
+    const ITEMS: [&str; 4] = ["apples", "bread", "cheese", "dates"];
+    const ROUNDS: usize = 10;
+    let n = ctx.n();
+    ctx.report.scenario(
+        "5 read-modify-write",
+        "Four clients each add one item to the shopping list s5-list at replica 1, by read-modify-write
+         with the context they read, all at the same instant (a barrier). Expect: the replica applies one
+         write per round and answers the others 409 with the version they did not see; each of them
+         merges it (set union) and writes again with the new context. Every item ends in the list at
+         every replica: 0 lost.",
+    );
+    let key = "s5-list";
+    let client = ctx.backend.client(1);
+    let first = client.read(key).await.map_err(|e| e.to_string())?;
+    say!("   all four clients read {key} at replica 1: (absent), context {}", first.context);
+    // Per client: its item and what it last knew of the key.
+    let mut pending: Vec<(&str, ReadResponse)> = ITEMS.iter().map(|&item| (item, first.clone())).collect();
+    let mut conflicts = 0;
+    for round in 1..=ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        let barrier = Arc::new(Barrier::new(pending.len()));
+        let writes: Vec<_> = pending
+            .iter()
+            .map(|(item, read)| {
+                let (client, barrier) = (client.clone(), barrier.clone());
+                let value = sets::with_element(read, item);
+                let context = read.context.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let outcome = client.put(key, &value, Some(context.clone())).await;
+                    (value, context, outcome)
+                })
+            })
+            .collect();
+        let mut still = Vec::new();
+        for ((item, _), write) in pending.into_iter().zip(writes) {
+            let (value, context, outcome) = write.await.map_err(|e| format!("client {item}: {e}"))?;
+            match outcome {
+                Ok(w) => say!(
+                    "   round {round} · client {item}: put {value} with context {context} → 200, clock {}",
+                    w.clock
+                ),
+                Err(ClientError::Conflict { current, .. }) => {
+                    conflicts += 1;
+                    say!(
+                        "   round {round} · client {item}: put {value} with context {context} → 409 CONFLICT, replica 1 holds {}",
+                        show_read(&Some(current.clone()))
+                    );
+                    say!(
+                        "      client {item} merges → {} with context {}",
+                        sets::with_element(&current, item),
+                        current.context
+                    );
+                    still.push((item, current));
+                }
+                Err(e) => return Err(format!("client {item}: {e}")),
+            }
+        }
+        pending = still;
+    }
+    ctx.report.check(
+        pending.is_empty(),
+        format!("every client's addition was acknowledged within {ROUNDS} rounds"),
+        format!("{} still pending", pending.len()),
+    );
+    ctx.report.check(
+        conflicts > 0,
+        "simultaneous writes with the same context were refused (409), not silently overwritten",
+        format!("{conflicts} conflicts detected"),
+    );
+    ctx.check_log(1, &format!("key {key} · client write"), "replica 1 logged each write it applied").await;
+    ctx.check_log(1, "→ CONFLICT, refused (409)", "replica 1 logged each refusal").await;
+    // Converge: every replica holds the last write alone; every item is in it.
+    let last = client.read(key).await.map_err(|e| e.to_string())?;
+    let expected: Versions = last.versions.iter().map(|v| (v.value.clone(), v.clock.clone())).collect();
+    let all: Vec<usize> = (1..=n).collect();
+    ctx.check_converged(&all, key, &expected, "every replica holds the final list").await;
+    let mut lost = Vec::new();
+    for id in 1..=n {
+        let read = ctx.read(id, key).await?;
+        let present = sets::elements(read.iter().flat_map(|r| r.versions.iter()));
+        lost.extend(ITEMS.iter().filter(|i| !present.contains(**i)).map(|i| format!("replica {id} lacks {i}")));
+    }
+    say!("   figures: 4 additions acknowledged · {conflicts} conflicts detected (409) · {} elements lost", lost.len());
+    ctx.report.check(lost.is_empty(), "elements lost: 0 (every item present at every replica)", lost.join("; "));
+    ctx.show(key, "final").await;
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `vkv`: the command-line client.
 //!
 //! Exit codes: 0 success · 1 key not found · 2 bad input (flags, or a request the server
-//! rejected) · 3 server unreachable or failing.
+//! rejected) · 3 server unreachable or failing · 4 conflict: a write with a context was refused
+//! because the replica holds versions that context did not cover (nothing was written; the
+//! versions and the command to resolve are printed).
 
 use std::process::ExitCode;
 
@@ -9,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use vkv::client::{Client, ClientError};
 use vkv::clock::VectorClock;
-use vkv::protocol::{ReadResponse, StatusResponse, WriteResponse};
+use vkv::protocol::{KeyErrorBody, ReadResponse, StatusResponse, WriteResponse};
 
 /// Client for a vkv cluster: talk to any replica.
 #[derive(Parser, Debug)]
@@ -34,13 +36,24 @@ enum Command {
         #[arg(long)]
         r: Option<usize>,
     },
-    /// Write a value. Pass the context you read (--context 2,1,0,0,0) to resolve a conflict.
+    /// Write a value. With --context (the one `get` printed) it replaces only what that read
+    /// showed, and is refused (exit 4) if the replica holds more; without, it replaces whatever
+    /// this replica holds (last writer wins). For read-modify-write, prefer `update`.
     Put {
         key: String,
         value: String,
         /// The clock read with `get`, comma-separated.
         #[arg(long, value_delimiter = ',')]
         context: Option<Vec<u64>>,
+        /// Answer only once this many replicas (this one included) hold the write.
+        #[arg(long)]
+        w: Option<usize>,
+    },
+    /// Read the key, then write VALUE with the context read: replaces exactly what was read.
+    /// If another write lands in between, shows the conflict instead of overwriting (exit 4).
+    Update {
+        key: String,
+        value: String,
         /// Answer only once this many replicas (this one included) hold the write.
         #[arg(long)]
         w: Option<usize>,
@@ -60,17 +73,44 @@ fn print_json<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string(value).expect("responses serialise"));
 }
 
+fn context_arg(context: &VectorClock) -> String {
+    context.counters().iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn show_versions(r: &ReadResponse) {
+    for (i, v) in r.versions.iter().enumerate() {
+        match &v.value {
+            Some(value) => println!("  sibling {}: {value:?}  clock {}", i + 1, v.clock),
+            None => println!("  sibling {}: (deleted)  clock {}", i + 1, v.clock),
+        }
+    }
+}
+
+/// A refused conditional write: what the replica holds, and the exact command to resolve.
+fn show_conflict(current: &ReadResponse, json: bool, message: &str) -> ExitCode {
+    if json {
+        print_json(&KeyErrorBody { error: message.to_string(), state: current.clone() });
+    } else {
+        println!(
+            "CONFLICT: not written — key {:?} holds {} version(s) your context did not cover:",
+            current.key,
+            current.versions.len()
+        );
+        show_versions(current);
+        println!(
+            "merge them, then write with: vkv put {:?} <merged value> --context {}",
+            current.key,
+            context_arg(&current.context)
+        );
+    }
+    ExitCode::from(4)
+}
+
 fn show_read(r: &ReadResponse) {
     if r.is_conflict() {
         println!("CONFLICT: key {:?} has {} concurrent versions", r.key, r.versions.len());
-        for (i, v) in r.versions.iter().enumerate() {
-            match &v.value {
-                Some(value) => println!("  sibling {}: {value:?}  clock {}", i + 1, v.clock),
-                None => println!("  sibling {}: (deleted)  clock {}", i + 1, v.clock),
-            }
-        }
-        let ctx: Vec<String> = r.context.counters().iter().map(u64::to_string).collect();
-        println!("resolve with: vkv put {:?} <value> --context {}", r.key, ctx.join(","));
+        show_versions(r);
+        println!("resolve with: vkv put {:?} <value> --context {}", r.key, context_arg(&r.context));
     } else if let Some(v) = r.versions.first() {
         println!("{}  clock {}", v.value.as_deref().unwrap_or("(deleted)"), v.clock);
     }
@@ -97,7 +137,11 @@ fn show_status(s: &StatusResponse) {
     }
 }
 
-fn fail(e: ClientError) -> ExitCode {
+fn fail(e: ClientError, json: bool) -> ExitCode {
+    if let ClientError::Conflict { message, current } = &e {
+        eprintln!("vkv: conflict: {message}");
+        return show_conflict(current, json, message);
+    }
     eprintln!("vkv: {e}");
     match e {
         ClientError::BadAddress(_) | ClientError::InvalidKey(_) | ClientError::Rejected { .. } => ExitCode::from(2),
@@ -110,11 +154,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = match Client::new(&cli.server) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e, cli.json),
     };
     let result = match cli.command {
-        Command::Get { key, r } => match client.get_quorum(&key, r).await {
-            Ok(Some(r)) => {
+        Command::Get { key, r } => match client.read_quorum(&key, r).await {
+            Ok(r) if !r.versions.is_empty() => {
                 if cli.json {
                     print_json(&r)
                 } else {
@@ -122,11 +166,12 @@ async fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Ok(None) => {
+            Ok(absent) => {
+                let error = format!("key {key:?} not found");
                 if cli.json {
-                    print_json(&serde_json::json!({"error": format!("key {key:?} not found")}));
+                    print_json(&KeyErrorBody { error, state: absent });
                 } else {
-                    eprintln!("vkv: key {key:?} not found");
+                    eprintln!("vkv: {error} (context {} for a first write)", context_arg(&absent.context));
                 }
                 return ExitCode::from(1);
             }
@@ -136,6 +181,16 @@ async fn main() -> ExitCode {
             .put_quorum(&key, &value, context.map(VectorClock::from), w)
             .await
             .map(|w| if cli.json { print_json(&w) } else { show_write(&w, "wrote") }),
+        Command::Update { key, value, w } => match client.read(&key).await {
+            Ok(read) => client.put_quorum(&key, &value, Some(read.context), w).await.map(|w| {
+                if cli.json {
+                    print_json(&w)
+                } else {
+                    show_write(&w, "updated")
+                }
+            }),
+            Err(e) => Err(e),
+        },
         Command::Delete { key, context } => client.delete(&key, context.map(VectorClock::from)).await.map(|w| {
             if cli.json {
                 print_json(&w)
@@ -147,6 +202,6 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => fail(e, cli.json),
     }
 }
