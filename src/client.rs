@@ -72,7 +72,7 @@ pub enum ClientError {
     /// A conditional write was refused (409): the replica holds versions the context did not
     /// cover. Nothing was written. `current` holds every version the replica has and the context
     /// to write back with, once merged.
-    #[error("conflict: {message}")]
+    #[error("{message}")]
     Conflict {
         /// The server's `error` text.
         message: String,

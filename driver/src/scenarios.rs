@@ -550,13 +550,23 @@ pub async fn read_modify_write(ctx: &mut Ctx) -> Result<(), String> {
     let expected: Versions = last.versions.iter().map(|v| (v.value.clone(), v.clock.clone())).collect();
     let all: Vec<usize> = (1..=n).collect();
     ctx.check_converged(&all, key, &expected, "every replica holds the final list").await;
-    let mut lost = Vec::new();
+    let mut missing: Vec<(&str, Vec<usize>)> = ITEMS.iter().map(|&item| (item, Vec::new())).collect();
     for id in 1..=n {
         let read = ctx.read(id, key).await?;
         let present = sets::elements(read.iter().flat_map(|r| r.versions.iter()));
-        lost.extend(ITEMS.iter().filter(|i| !present.contains(**i)).map(|i| format!("replica {id} lacks {i}")));
+        for (item, at) in missing.iter_mut() {
+            if !present.contains(*item) {
+                at.push(id);
+            }
+        }
     }
-    say!("   figures: 4 additions acknowledged · {conflicts} conflicts detected (409) · {} elements lost", lost.len());
+    let lost: Vec<String> =
+        missing.iter().filter(|(_, at)| !at.is_empty()).map(|(item, at)| format!("{item} missing at {at:?}")).collect();
+    say!(
+        "   figures: {} additions acknowledged · {conflicts} conflicts detected (409) · {} elements lost",
+        ITEMS.len() - pending.len(),
+        lost.len()
+    );
     ctx.report.check(lost.is_empty(), "elements lost: 0 (every item present at every replica)", lost.join("; "));
     ctx.show(key, "final").await;
     Ok(())

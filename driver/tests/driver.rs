@@ -46,15 +46,23 @@ fn driver_runs_every_local_scenario_and_passes() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "driver failed:\n{stdout}\n{stderr}");
-    for scenario in
-        ["1 no conflict", "2 conflict", "3 conflict while offline", "4 dynamo D1-D5", "5 chaos", "7 anti-entropy"]
-    {
+    for scenario in [
+        "1 no conflict",
+        "2 conflict",
+        "3 conflict while offline",
+        "4 dynamo D1-D5",
+        "5 read-modify-write",
+        "6 chaos",
+        "8 anti-entropy",
+    ] {
         assert!(stdout.contains(&format!("PASS  {scenario}")), "{scenario} missing from summary:\n{stdout}");
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains(", 0 failed"), "{stdout}");
     let transcript = std::fs::read_to_string(logs.path().join("driver.log")).unwrap();
-    assert!(transcript.contains("acknowledged writes lost: 0"), "{transcript}");
+    assert!(transcript.contains("acknowledged elements lost: 0"), "{transcript}");
+    assert!(transcript.contains("figures: elements lost 0"), "{transcript}");
+    assert!(transcript.contains("→ 409 CONFLICT"), "scenario 5 shows its refusals: {transcript}");
     for id in 1..=5 {
         let log = std::fs::read_to_string(logs.path().join(format!("replica-{id}.log"))).unwrap();
         assert!(log.contains(&format!("replica {id} of 5 starting")), "replica {id} log:\n{log}");

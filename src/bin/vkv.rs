@@ -139,7 +139,7 @@ fn show_status(s: &StatusResponse) {
 
 fn fail(e: ClientError, json: bool) -> ExitCode {
     if let ClientError::Conflict { message, current } = &e {
-        eprintln!("vkv: conflict: {message}");
+        eprintln!("vkv: {message}");
         return show_conflict(current, json, message);
     }
     eprintln!("vkv: {e}");
