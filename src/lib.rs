@@ -4,7 +4,9 @@
 //! replica stamps the write with a vector clock, commits it to disk, answers, and ships it to
 //! every peer in the background through a durable outbox. Receivers merge by clock: a newer
 //! version replaces an older one, concurrent versions are kept side by side as *siblings* and
-//! returned to readers, who resolve them by writing back with the context they read.
+//! returned to readers, who resolve them by writing back with the context they read. A write
+//! with a context replaces only the versions that context covers; if the replica holds one the
+//! client never saw, the write is refused (409) with every version, so no update is silently lost.
 //!
 //! # Layout
 //!
@@ -22,7 +24,7 @@
 //!   quorum       per-request ?w=K / ?r=K: wait for K replicas, read repair
 //!   store        redb: sibling sets and per-peer outboxes, committed together
 //!   cluster      membership: member order, ids, clock positions, flag validation
-//!   versions     sibling sets and the merge rule (pure)
+//!   versions     sibling sets, the client write rule and the merge rule (pure)
 //!   clock        vector clocks and their partial order (pure)
 //!   error        the error type, named for the caller's next step
 //! ```

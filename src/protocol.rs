@@ -27,7 +27,9 @@ pub const MAX_REPLICATE_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub struct WriteRequest {
     /// The new value.
     pub value: String,
-    /// The clock the client read (GET's `context`); the new version supersedes it.
+    /// The clock the client read (GET's `context`, or a 404's or 409's). The write succeeds only
+    /// if it covers every version the replica holds (otherwise 409 and nothing is written);
+    /// without it, a blind write that supersedes whatever the replica holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<VectorClock>,
 }
@@ -36,7 +38,7 @@ pub struct WriteRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteRequest {
-    /// The clock the client read; the tombstone supersedes it.
+    /// The clock the client read; as for [`WriteRequest::context`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<VectorClock>,
 }

@@ -66,7 +66,7 @@
 //!   D5 = [3, 1, 1]   Sx, with context join(D3, D4)         D5 > D3 and D5 > D4: resolved
 //! ```
 //!
-//! [`tests::dynamo_shopping_cart`] replays exactly this history.
+//! The test `tests::dynamo_shopping_cart` replays exactly this history.
 //!
 //! # Equal clocks with different payloads
 //!

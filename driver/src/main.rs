@@ -78,7 +78,7 @@ struct Args {
     /// The compose file for --docker.
     #[arg(long, default_value = "docker-compose.yml")]
     compose_file: PathBuf,
-    /// Where to write the transcript and every replica's log [default: vkv-data/driver/<mode>].
+    /// Where to write the transcript and every replica's log [default: vkv-data/driver/MODE].
     #[arg(long)]
     logs: Option<PathBuf>,
     /// The vkv-server binary [default: next to this driver, built first when run through cargo].

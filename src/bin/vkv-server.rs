@@ -38,7 +38,7 @@ struct Args {
     /// The other replicas' ports, comma-separated, in the same order as --hosts.
     #[arg(long, value_delimiter = ',')]
     ports: Vec<u16>,
-    /// Where this replica keeps its data and outbox [default: vkv-data/<host>-<port>].
+    /// Where this replica keeps its data and outbox [default: vkv-data/HOST-PORT].
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Address to listen on, if not --host:--port (e.g. 0.0.0.0:7000 in a container).
