@@ -102,6 +102,17 @@ impl Client {
 
     /// A client whose requests give up after `timeout` (connection included).
     pub fn with_timeout(server: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Client::with_source(server, timeout, None)
+    }
+
+    /// Like [`Client::with_timeout`], opening its connections from the local address `source`
+    /// (an address of this host; `None`: the OS picks). The latency report uses it to place
+    /// clients in the regions of its simulated WAN.
+    pub fn with_source(
+        server: &str,
+        timeout: Duration,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Client, ClientError> {
         let text = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
         let base = Url::parse(&text).map_err(|_| ClientError::BadAddress(server.to_string()))?;
         if base.scheme() != "http" || base.host_str().is_none() || base.cannot_be_a_base() {
@@ -111,6 +122,7 @@ impl Client {
             // hickory, not getaddrinfo: works in the statically linked binary (see peer_http_client).
             .hickory_dns(true)
             .timeout(timeout)
+            .local_address(source)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
             .map_err(|e| ClientError::BadAddress(format!("{server}: {e}")))?;

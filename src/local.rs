@@ -5,7 +5,7 @@
 //! the [`LocalCluster`] kills every replica it started, so a failing test leaves nothing behind.
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,9 +24,35 @@ pub enum Stop {
     Crash,
 }
 
+/// Where one replica of a [`LocalCluster`] lives: its address as the peers know it, and
+/// optionally a different address to listen on and the local address its peer connections leave
+/// from (`vkv-server --listen`, `--peer-source`).
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    /// Host the peers and clients use (`--host`).
+    pub host: String,
+    /// Port the peers and clients use (`--port`).
+    pub port: u16,
+    /// Where the process listens, if not `host:port` (`--listen`).
+    pub listen: Option<SocketAddr>,
+    /// The address its peer connections leave from (`--peer-source`).
+    pub peer_source: Option<IpAddr>,
+}
+
+impl LocalMember {
+    /// A replica on 127.0.0.1 at `port`, listening there itself.
+    pub fn loopback(port: u16) -> Self {
+        LocalMember { host: "127.0.0.1".into(), port, listen: None, peer_source: None }
+    }
+
+    fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
 /// One replica process slot (id = index + 1).
 struct Slot {
-    port: u16,
+    member: LocalMember,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -50,6 +76,38 @@ pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     Ok(ports)
 }
 
+/// The `vkv-server` binary next to the running executable (a driver, the report, a test
+/// helper in `target/<profile>/`). When run through cargo (`CARGO` is set), builds it first with
+/// the same profile, so it is never stale: `cargo run -p <other package>` alone does not build it.
+pub fn server_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate myself: {e}"))?;
+    let dir = exe.parent().ok_or("the executable has no parent directory")?;
+    let server = dir.join("vkv-server");
+    let release = dir.file_name().is_some_and(|d| d == "release");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "vkv", "--bin", "vkv-server", "--bin", "vkv", "--manifest-path"]);
+        cmd.arg(&manifest);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err("building vkv-server failed".into());
+        }
+    }
+    if server.exists() {
+        Ok(server)
+    } else {
+        Err(format!(
+            "no vkv-server at {}; build it with `cargo build{} -p vkv --bin vkv-server` or pass --server-bin",
+            server.display(),
+            if release { " --release" } else { "" }
+        ))
+    }
+}
+
 impl LocalCluster {
     /// Prepares (does not start) a cluster of replicas on 127.0.0.1 at `ports` (ascending), with
     /// data dirs and logs under `root`.
@@ -60,11 +118,18 @@ impl LocalCluster {
     /// Like [`LocalCluster::new`], with the replicas' logs in `log_dir` instead of `root`.
     /// Every replica gets `--cluster-key-file` with a random key written under `root`.
     pub fn with_log_dir(binary: impl Into<PathBuf>, ports: Vec<u16>, root: &Path, log_dir: &Path) -> Self {
-        let slots = ports
-            .iter()
+        Self::with_members(binary, ports.into_iter().map(LocalMember::loopback).collect(), root, log_dir)
+    }
+
+    /// A cluster of the given members, in cluster order (sorted by host text, then port, as
+    /// every replica orders them): replica `id` is `members[id - 1]`. Data dirs go under
+    /// `root`, logs under `log_dir`.
+    pub fn with_members(binary: impl Into<PathBuf>, members: Vec<LocalMember>, root: &Path, log_dir: &Path) -> Self {
+        let slots = members
+            .into_iter()
             .enumerate()
-            .map(|(i, &port)| Slot {
-                port,
+            .map(|(i, member)| Slot {
+                member,
                 data_dir: root.join(format!("replica-{}", i + 1)),
                 log: log_dir.join(format!("replica-{}.log", i + 1)),
                 child: None,
@@ -84,9 +149,9 @@ impl LocalCluster {
         self.slots.len()
     }
 
-    /// `127.0.0.1:port` of replica `id` (1-based).
+    /// `host:port` of replica `id` (1-based), as its peers and clients know it.
     pub fn address(&self, id: usize) -> String {
-        format!("127.0.0.1:{}", self.slots[id - 1].port)
+        self.slots[id - 1].member.address()
     }
 
     /// A client for replica `id`.
@@ -101,11 +166,16 @@ impl LocalCluster {
 
     /// The cluster layout as replica `id` sees it (to open its store while it is stopped).
     pub fn layout(&self, id: usize) -> crate::cluster::Layout {
-        let me = self.slots[id - 1].port;
-        let peers: Vec<u16> = self.slots.iter().map(|s| s.port).filter(|&p| p != me).collect();
-        let hosts = vec!["127.0.0.1".to_string(); peers.len()];
-        crate::cluster::Layout::from_flags("127.0.0.1", me, self.slots.len(), &hosts, &peers)
+        let me = &self.slots[id - 1].member;
+        let peers: Vec<&LocalMember> = self.peers_of(id).collect();
+        let hosts: Vec<String> = peers.iter().map(|m| m.host.clone()).collect();
+        let ports: Vec<u16> = peers.iter().map(|m| m.port).collect();
+        crate::cluster::Layout::from_flags(&me.host, me.port, self.slots.len(), &hosts, &ports)
             .expect("a local cluster's layout is valid")
+    }
+
+    fn peers_of(&self, id: usize) -> impl Iterator<Item = &LocalMember> {
+        self.slots.iter().enumerate().filter(move |(i, _)| i + 1 != id).map(|(_, s)| &s.member)
     }
 
     /// The data dir of replica `id`.
@@ -115,17 +185,24 @@ impl LocalCluster {
 
     /// The command line that starts replica `id`.
     pub fn command(&self, id: usize) -> Command {
-        let me = &self.slots[id - 1];
-        let peers: Vec<&Slot> = self.slots.iter().filter(|s| s.port != me.port).collect();
-        let hosts = vec!["127.0.0.1"; peers.len()].join(",");
-        let ports: Vec<String> = peers.iter().map(|s| s.port.to_string()).collect();
+        let slot = &self.slots[id - 1];
+        let me = &slot.member;
+        let peers: Vec<&LocalMember> = self.peers_of(id).collect();
+        let hosts: Vec<&str> = peers.iter().map(|m| m.host.as_str()).collect();
+        let ports: Vec<String> = peers.iter().map(|m| m.port.to_string()).collect();
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--host").arg("127.0.0.1").arg("--port").arg(me.port.to_string());
+        cmd.arg("--host").arg(&me.host).arg("--port").arg(me.port.to_string());
         cmd.arg("-N").arg(self.slots.len().to_string());
         if !peers.is_empty() {
-            cmd.arg("--hosts").arg(hosts).arg("--ports").arg(ports.join(","));
+            cmd.arg("--hosts").arg(hosts.join(",")).arg("--ports").arg(ports.join(","));
         }
-        cmd.arg("--data-dir").arg(&me.data_dir);
+        if let Some(listen) = me.listen {
+            cmd.arg("--listen").arg(listen.to_string());
+        }
+        if let Some(source) = me.peer_source {
+            cmd.arg("--peer-source").arg(source.to_string());
+        }
+        cmd.arg("--data-dir").arg(&slot.data_dir);
         cmd.arg("--cluster-key-file").arg(&self.key_file);
         cmd.args(&self.extra_args);
         cmd
@@ -221,7 +298,7 @@ impl LocalCluster {
     pub async fn wait_healthy(&mut self, id: usize, timeout: Duration) -> Result<(), String> {
         let client = self.client(id);
         let deadline = Instant::now() + timeout;
-        let expected: Vec<String> = self.slots.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        let expected: Vec<String> = self.slots.iter().map(|s| s.member.address()).collect();
         loop {
             if !self.is_running(id) {
                 return Err(format!("replica {id} exited during startup; see {}", self.log_path(id).display()));
@@ -232,8 +309,8 @@ impl LocalCluster {
                 let members: Vec<String> = status.members.iter().map(|m| m.address()).collect();
                 if status.replica as usize != id || members != expected {
                     return Err(format!(
-                        "port {} answers as replica {} of {members:?}, not this cluster's replica {id}",
-                        self.slots[id - 1].port,
+                        "{} answers as replica {} of {members:?}, not this cluster's replica {id}",
+                        self.address(id),
                         status.replica
                     ));
                 }

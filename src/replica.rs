@@ -60,6 +60,8 @@ pub struct Config {
     /// Accept writes at once even on an empty data dir (skip recovery from the peers). Safe only
     /// for a brand-new cluster, or when a peer is gone for good and its data with it.
     pub skip_recovery: bool,
+    /// Local address peer connections are opened from (`None`: the OS picks).
+    pub peer_source: Option<std::net::IpAddr>,
 }
 
 /// One replica.
@@ -189,7 +191,7 @@ impl Replica {
             layout: config.layout,
             store: Arc::new(store),
             links,
-            http: peer_http_client(),
+            http: peer_http_client(config.peer_source),
             max_value_bytes: config.max_value_bytes,
             cluster_key: config.cluster_key,
             anti_entropy: config.anti_entropy,

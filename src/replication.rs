@@ -120,8 +120,11 @@ pub fn signed_post<T: serde::Serialize>(
 }
 
 /// Builds the HTTP client senders and probes use: bounded connect and request times.
-pub fn peer_http_client() -> reqwest::Client {
+pub fn peer_http_client(source: Option<std::net::IpAddr>) -> reqwest::Client {
     reqwest::Client::builder()
+        // Connections leave from this address when given (--peer-source): on a host with several
+        // addresses, peers and the network see which one this replica is.
+        .local_address(source)
         // Resolve peer names with hickory (reads /etc/resolv.conf and /etc/hosts), not getaddrinfo:
         // the release binary is linked statically and glibc's NSS does not work in that case.
         .hickory_dns(true)

@@ -36,6 +36,7 @@ fn fixture_with(max_value_bytes: usize, cluster_key: Option<ClusterKey>) -> Fixt
         cluster_key,
         anti_entropy: None,
         skip_recovery: true,
+        peer_source: None,
     })
     .unwrap();
     Fixture { replica, _dir: dir }
@@ -231,6 +232,7 @@ async fn a_recovering_replica_refuses_writes_but_serves_reads() {
         cluster_key: None,
         anti_entropy: None,
         skip_recovery: false,
+        peer_source: None,
     };
     let f = Fixture { replica: Replica::open(config).unwrap(), _dir: dir };
     f.expect_error("PUT", "/kv/k", Some(r#"{"value": "v"}"#), StatusCode::SERVICE_UNAVAILABLE, "still pulling").await;

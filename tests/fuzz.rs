@@ -30,6 +30,7 @@ fn replica(dir: &std::path::Path) -> Arc<Replica> {
         cluster_key: Some(ClusterKey::new(KEY).unwrap()),
         anti_entropy: None,
         skip_recovery: true,
+        peer_source: None,
     })
     .unwrap()
 }

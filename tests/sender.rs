@@ -67,7 +67,7 @@ fn start_sender(peer_port: u16) -> Fixture {
     let link = Arc::new(PeerLink::new(layout.member(2).unwrap().clone()));
     let (stop, stop_rx) = watch::channel(false);
     let key = Some(ClusterKey::new(KEY).unwrap());
-    tokio::spawn(Sender::new(1, store.clone(), link.clone(), peer_http_client(), key).run(stop_rx));
+    tokio::spawn(Sender::new(1, store.clone(), link.clone(), peer_http_client(None), key).run(stop_rx));
     Fixture { store, link, stop, _dir: dir }
 }
 

@@ -13,7 +13,7 @@ mod report;
 mod scenarios;
 mod sets;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -89,38 +89,6 @@ struct Args {
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("vkv-driver: {message}");
     ExitCode::from(2)
-}
-
-/// Finds vkv-server next to this executable; when run through cargo, builds it first so it is
-/// never stale (`cargo run -p vkv-driver` alone does not build the other package's binary).
-fn find_server() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate myself: {e}"))?;
-    let dir = exe.parent().ok_or("the driver has no parent directory")?;
-    let server = dir.join("vkv-server");
-    let release = dir.file_name().is_some_and(|d| d == "release");
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "vkv", "--bin", "vkv-server", "--bin", "vkv", "--manifest-path"]);
-        cmd.arg(&manifest);
-        if release {
-            cmd.arg("--release");
-        }
-        report::say(format!("building vkv-server: {cmd:?}"));
-        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err("building vkv-server failed".into());
-        }
-    }
-    if server.exists() {
-        Ok(server)
-    } else {
-        Err(format!(
-            "no vkv-server at {}; build it with `cargo build{} -p vkv --bin vkv-server` or pass --server-bin",
-            server.display(),
-            if release { " --release" } else { "" }
-        ))
-    }
 }
 
 async fn run_all(ctx: &mut Ctx, chosen: &[Scenario], args: &Args, seed: u64) -> Result<(), String> {
@@ -212,7 +180,7 @@ async fn main() -> ExitCode {
         }
         Backend::Docker(Docker::new(&args.compose_file, n, args.base_port))
     } else {
-        let server = match args.server_bin.clone().map(Ok).unwrap_or_else(find_server) {
+        let server = match args.server_bin.clone().map(Ok).unwrap_or_else(vkv::local::server_binary) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };

@@ -44,6 +44,10 @@ struct Args {
     /// Address to listen on, if not --host:--port (e.g. 0.0.0.0:7000 in a container).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Local address to open peer connections from (an address of this host), if the OS's
+    /// choice will not do: with several addresses per host, the peers then see this one.
+    #[arg(long)]
+    peer_source: Option<std::net::IpAddr>,
     /// Longest value a client may write, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
@@ -152,6 +156,7 @@ async fn main() -> ExitCode {
         cluster_key: key.clone(),
         anti_entropy,
         skip_recovery: args.skip_recovery,
+        peer_source: args.peer_source,
     }) {
         Ok(r) => r,
         Err(e) => {
