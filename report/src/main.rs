@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, global = true, default_value = "us-east1")]
     down_region: String,
     /// Where REPORT.md, figures/ and data/ go.
-    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+    #[arg(long, global = true, default_value = env!("CARGO_MANIFEST_DIR"))]
     out: PathBuf,
     /// The vkv-server binary [default: next to this one, built first when run through cargo].
     #[arg(long)]
@@ -88,11 +88,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Render the report from the results files (JSON) in a directory.
+    /// Render the report from the results files (JSON) in a directory, or again from a run's
+    /// `data/raw.json`.
     Render {
         /// The directory of `measure` outputs.
+        #[arg(long, required_unless_present = "raw", conflicts_with = "raw")]
+        results: Option<PathBuf>,
+        /// A previous run's `data/raw.json` (re-renders the same measurements).
         #[arg(long)]
-        results: PathBuf,
+        raw: Option<PathBuf>,
         /// When the measurement ran (free text for the report) [default: now].
         #[arg(long)]
         date: Option<String>,
@@ -299,6 +303,14 @@ fn matrix(results: &Results, regions: &Regions) -> Option<Vec<Vec<f64>>> {
     Some((0..n).map(|a| (0..n).map(|b| (m[a][b] + m[b][a]) / 2.0).collect()).collect())
 }
 
+fn plan(args: &Args) -> Plan {
+    if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    }
+}
+
 fn base_run(regions: &Regions, args: &Args, simulated: bool) -> Run {
     let n = regions.len();
     Run {
@@ -312,7 +324,8 @@ fn base_run(regions: &Regions, args: &Args, simulated: bool) -> Run {
         rtt_ms: (0..n).map(|a| (0..n).map(|b| regions.rtt_ms(a, b)).collect()).collect(),
         rtt_measured_ms: None,
         down_region: args.down_region.clone(),
-        conflict_rate: if args.quick { Plan::quick() } else { Plan::full() }.conflict_rate,
+        conflict_rate: plan(args).conflict_rate,
+        lag_interval_ms: plan(args).lag_interval.as_secs_f64() * 1000.0,
         wan: Results::default(),
         baseline: None,
     }
@@ -320,7 +333,7 @@ fn base_run(regions: &Regions, args: &Args, simulated: bool) -> Run {
 
 async fn simulate(args: &Args, regions: Regions, down: usize) -> Result<(), String> {
     let started = Instant::now();
-    let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let plan = plan(args);
     let server = match &args.server_bin {
         Some(p) => p.clone(),
         None => vkv::local::server_binary()?,
@@ -379,7 +392,7 @@ async fn measure_one(
     start: Option<u64>,
     out: &Path,
 ) -> Result<(), String> {
-    let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let plan = plan(args);
     let start = start.unwrap_or_else(|| measure::wall_us() + 1_000_000);
     let max_rtt = (0..regions.len()).map(|b| regions.rtt_ms(site.region, b)).fold(0.0, f64::max);
     let results = match phase {
@@ -399,6 +412,15 @@ async fn measure_one(
                 .filter(|r| **r != regions.names()[site.region])
                 .flat_map(|r| (0..plan.down_samples).map(move |i| format!("down/{r}/{i}")))
                 .collect();
+            // Started right after its replica: time the catch-up from when it answers /health.
+            let client = vkv::client::Client::new(&site.replicas[site.region]).map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !client.healthy().await {
+                if Instant::now() > deadline {
+                    return Err(format!("the {} replica is not healthy after 120 s", regions.names()[site.region]));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             measure::catch_up(&site, keys, Instant::now(), Duration::from_secs(120)).await?
         }
     };
@@ -431,6 +453,14 @@ fn render_from(args: &Args, regions: &Regions, dir: &Path, date: Option<String>)
     Ok(())
 }
 
+fn rerender(raw: &Path, out: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(raw).map_err(|e| format!("cannot read {}: {e}", raw.display()))?;
+    let run: Run = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", raw.display()))?;
+    render::render(&run, out)?;
+    println!("vkv-report: {} rendered again from {}", out.join("REPORT.md").display(), raw.display());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -446,9 +476,15 @@ async fn main() -> ExitCode {
             if let Err(e) = plots::load_font() {
                 return fail(e);
             }
+            // On ctrl-c or SIGTERM the study is dropped, and with it the replicas it started.
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => return fail(format!("cannot watch SIGTERM: {e}")),
+            };
             tokio::select! {
                 r = simulate(&args, regions, down) => r,
                 _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+                _ = term.recv() => Err("terminated".into()),
             }
         }
         Some(Command::Measure { phase, region, replicas, start_at_us, out }) => {
@@ -457,7 +493,11 @@ async fn main() -> ExitCode {
                 Err(e) => return fail(e),
             }
         }
-        Some(Command::Render { results, date }) => render_from(&args, &regions, results, date.clone()),
+        Some(Command::Render { raw: Some(raw), .. }) => rerender(raw, &args.out),
+        Some(Command::Render { results: Some(results), date, .. }) => {
+            render_from(&args, &regions, results, date.clone())
+        }
+        Some(Command::Render { .. }) => Err("render needs --results DIR or --raw FILE".into()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

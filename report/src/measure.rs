@@ -201,29 +201,30 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The full study: ≥ 300 samples per operation and region.
+    /// The full study: ≥ 300 samples per operation and region (and per lag pair, and per region
+    /// while one is down).
     pub fn full() -> Plan {
         Plan {
             samples: 300,
             warmup: 20,
-            lag_writes: 100,
-            lag_interval: Duration::from_millis(300),
+            lag_writes: 300,
+            lag_interval: Duration::from_millis(200),
             conflict_secs: 20.0,
             conflict_rate: 5.0,
-            down_samples: 100,
+            down_samples: 300,
         }
     }
 
-    /// The quick study: ≥ 100 samples per operation and region.
+    /// The quick study: ≥ 100 of each.
     pub fn quick() -> Plan {
         Plan {
             samples: 100,
             warmup: 10,
-            lag_writes: 30,
-            lag_interval: Duration::from_millis(300),
+            lag_writes: 100,
+            lag_interval: Duration::from_millis(200),
             conflict_secs: 6.0,
             conflict_rate: 5.0,
-            down_samples: 30,
+            down_samples: 100,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Run {
     pub down_region: String,
     /// Updates per second per client in the conflict phase.
     pub conflict_rate: f64,
+    /// Time between two writes of one origin in the replication-lag phase, in ms.
+    pub lag_interval_ms: f64,
     /// The measurements on the WAN.
     pub wan: Results,
     /// The same measurements with no delay at all, for comparison.
@@ -473,22 +475,7 @@ fn markdown(view: &View) -> String {
         let _ = writeln!(md, "| {} | `{}` | {} | {site} |", i + 1, r.name, r.place);
     }
     let _ = writeln!(md, "\n**Round-trip times (ms)** configured between the regions (diagonal: within a region):\n");
-    let _ = write!(md, "| from \\ to |");
-    for name in &view.names {
-        let _ = write!(md, " {} |", short(name));
-    }
-    let _ = write!(md, "\n| --- |");
-    for _ in 0..n {
-        let _ = write!(md, " ---: |");
-    }
-    let _ = writeln!(md);
-    for a in 0..n {
-        let _ = write!(md, "| `{}` |", view.names[a]);
-        for b in 0..n {
-            let _ = write!(md, " {} |", f(view.rtt(a, b)));
-        }
-        let _ = writeln!(md);
-    }
+    region_matrix(&mut md, "from \\ to", &view.names, |a, b| f(view.rtt(a, b)));
     let _ = writeln!(md, "\nSource: {} ({}).\n", run.rtt_source, run.rtt_date);
     if run.simulated {
         let _ = writeln!(
@@ -549,17 +536,7 @@ fn markdown(view: &View) -> String {
         view.ops.iter().map(|s| s.samples).min().unwrap_or(0)
     );
     let levels = view.levels();
-    let _ = write!(md, "| region |");
-    for op in ["PUT", "GET"] {
-        for l in &levels {
-            let _ = write!(md, " {op} {}={l} |", if op == "PUT" { "w" } else { "r" });
-        }
-    }
-    let _ = write!(md, "\n| --- |");
-    for _ in 0..levels.len() * 2 {
-        let _ = write!(md, " ---: |");
-    }
-    let _ = writeln!(md);
+    level_header(&mut md, &levels);
     let cell =
         |s: Option<&OpStat>| s.map_or("–".to_string(), |s| format!("{} / {} / {}", f(s.p50), f(s.p95), f(s.p99)));
     for r in &view.names {
@@ -594,17 +571,7 @@ fn markdown(view: &View) -> String {
             "\n**Baseline: the same measurements with no delay** (all five replicas in one \"region\", same machine, \
              same proxies with zero delay), p50 / p99 ms:\n"
         );
-        let _ = write!(md, "| region |");
-        for op in ["PUT", "GET"] {
-            for l in &levels {
-                let _ = write!(md, " {op} {}={l} |", if op == "PUT" { "w" } else { "r" });
-            }
-        }
-        let _ = write!(md, "\n| --- |");
-        for _ in 0..levels.len() * 2 {
-            let _ = write!(md, " ---: |");
-        }
-        let _ = writeln!(md);
+        level_header(&mut md, &levels);
         for r in &view.names {
             let _ = write!(md, "| `{r}` |");
             for op in ["put", "get"] {
@@ -624,30 +591,15 @@ fn markdown(view: &View) -> String {
          that returns the write at the other region's replica (polled every ~1 ms by that region's client). p50 \
          (p99) in ms; in brackets the configured one-way latency of the pair.\n"
     );
-    let _ = write!(md, "| origin \\ seen at |");
-    for name in &view.names {
-        let _ = write!(md, " {} |", short(name));
-    }
-    let _ = write!(md, "\n| --- |");
-    for _ in 0..n {
-        let _ = write!(md, " ---: |");
-    }
-    let _ = writeln!(md);
-    for a in 0..n {
-        let _ = write!(md, "| `{}` |", view.names[a]);
-        for b in 0..n {
-            let text = if a == b {
-                "–".to_string()
-            } else {
-                match view.lag.get(&(view.names[a].clone(), view.names[b].clone())).and_then(|s| percentiles(s)) {
-                    Some((p50, _, p99)) => format!("{} ({}) [{}]", f(p50), f(p99), f(view.rtt(a, b) / 2.0)),
-                    None => "no data".into(),
-                }
-            };
-            let _ = write!(md, " {text} |");
+    region_matrix(&mut md, "origin \\ seen at", &view.names, |a, b| {
+        if a == b {
+            return "–".to_string();
         }
-        let _ = writeln!(md);
-    }
+        match view.lag.get(&(view.names[a].clone(), view.names[b].clone())).and_then(|s| percentiles(s)) {
+            Some((p50, _, p99)) => format!("{} ({}) [{}]", f(p50), f(p99), f(view.rtt(a, b) / 2.0)),
+            None => "no data".into(),
+        }
+    });
     let _ = writeln!(md, "\n![replication lag](figures/replication_lag.png)\n");
 
     // Conflicts.
@@ -731,6 +683,33 @@ fn markdown(view: &View) -> String {
     md
 }
 
+/// A table with a row and a column per region; `cell(a, b)` fills row `a`, column `b`.
+fn region_matrix(md: &mut String, corner: &str, names: &[String], cell: impl Fn(usize, usize) -> String) {
+    let _ = write!(md, "| {corner} |");
+    for name in names {
+        let _ = write!(md, " {} |", short(name));
+    }
+    let _ = write!(md, "\n| --- |{}\n", " ---: |".repeat(names.len()));
+    for (a, name) in names.iter().enumerate() {
+        let _ = write!(md, "| `{name}` |");
+        for b in 0..names.len() {
+            let _ = write!(md, " {} |", cell(a, b));
+        }
+        let _ = writeln!(md);
+    }
+}
+
+/// The header of a table with a column per operation and level.
+fn level_header(md: &mut String, levels: &[usize]) {
+    let _ = write!(md, "| region |");
+    for (op, knob) in [("PUT", "w"), ("GET", "r")] {
+        for l in levels {
+            let _ = write!(md, " {op} {knob}={l} |");
+        }
+    }
+    let _ = writeln!(md, "\n| --- |{}", " ---: |".repeat(levels.len() * 2));
+}
+
 /// The insights, each computed from this run's numbers and pointing at its figure.
 fn insights(view: &View) -> Vec<String> {
     let mut out = Vec::new();
@@ -788,11 +767,21 @@ fn insights(view: &View) -> Vec<String> {
     if let (Some(top), Some(low), Some(maj_top), Some(maj_low)) =
         (w_all.first(), w_all.last(), w_maj.first(), w_maj.last())
     {
+        let neighbours = |region: &str| {
+            view.names.iter().position(|x| x == region).map_or(String::new(), |i| {
+                let near = view.by_distance(i);
+                near.iter()
+                    .take(majority - 1)
+                    .map(|&k| format!("`{}` at {} ms", view.names[k], f(view.rtt(i, k))))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            })
+        };
         out.push(format!(
-            "**Distance, not load, sets the price.** With `w={n}` every region waits for the farthest replica: \
-             `{}` pays most ({} ms p50) and `{}` least ({} ms). With `w={majority}` the spread is {} ms (`{}`) to {} \
-             ms (`{}`): regions with two near neighbours (the US–Europe triangle) buy a majority cheaply, \
-             `asia-northeast1` and `australia-southeast1` pay an ocean crossing for it \
+            "**Distance, not load, sets the price.** With `w={n}` every region waits for its farthest replica: \
+             `{}` pays most ({} ms p50) and `{}` least ({} ms). With `w={majority}` the spread is {} ms in `{}`, \
+             whose nearest peers are {}, to {} ms in `{}`, whose nearest are {}: a majority is cheap where a \
+             region has close neighbours and dear where the second one is across an ocean \
              ([`figures/latency.png`](figures/latency.png)).",
             top.0,
             f(top.1),
@@ -800,8 +789,10 @@ fn insights(view: &View) -> Vec<String> {
             f(low.1),
             f(maj_low.1),
             maj_low.0,
+            neighbours(&maj_low.0),
             f(maj_top.1),
-            maj_top.0
+            maj_top.0,
+            neighbours(&maj_top.0)
         ));
     }
     // Tails: requests that paid one extra round trip.
@@ -838,35 +829,55 @@ fn insights(view: &View) -> Vec<String> {
         out.push(format!(
             "**A client should talk to its own region's replica.** A client that reads `r=1` from the farthest \
              replica pays {:.2}–{:.2}× that pair's RTT per request — as much as a `w={n}` write at home — for no \
-             stronger guarantee; every replica can coordinate any request.",
+             stronger guarantee; every replica can coordinate any request (table in section 1).",
             lo, hi
         ));
     }
-    // Replication lag vs one-way.
-    let mut excess = Vec::new();
+    // Replication lag vs one-way latency, split by whether writes came faster than one per RTT.
+    let interval = view.run.lag_interval_ms;
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
     for ((a, b), s) in &view.lag {
         let (Some(ia), Some(ib)) = (view.names.iter().position(|x| x == a), view.names.iter().position(|x| x == b))
         else {
             continue;
         };
-        if let Some((p50, _, p99)) = percentiles(s) {
-            excess.push((p50 - view.rtt(ia, ib) / 2.0, p99 - view.rtt(ia, ib) / 2.0));
+        if let Some((p50, _, _)) = percentiles(s) {
+            let row = (p50 - view.rtt(ia, ib) / 2.0, format!("{} → {}", short(a), short(b)), view.rtt(ia, ib));
+            // A round trip plus the receiver's work must fit between two writes for the
+            // sender to be idle when the next one lands: 90% of the gap is taken as "fits".
+            if view.rtt(ia, ib) < 0.9 * interval {
+                fast.push(row);
+            } else {
+                slow.push(row);
+            }
         }
     }
-    if !excess.is_empty() {
-        let lo = excess.iter().map(|e| e.0).fold(f64::INFINITY, f64::min);
-        let hi = excess.iter().map(|e| e.0).fold(f64::NEG_INFINITY, f64::max);
-        let p99hi = excess.iter().map(|e| e.1).fold(f64::NEG_INFINITY, f64::max);
-        out.push(format!(
-            "**Replication lag is one-way latency plus a few milliseconds.** A write acknowledged at its origin is \
-             visible elsewhere after the pair's one-way latency plus {}–{} ms at p50 (fsync at the receiver and \
-             the poll's resolution; at most {} ms more at p99): the background senders add no queueing at this \
-             rate. The window in which another region can still read the old value is the one-way latency \
-             ([`figures/replication_lag.png`](figures/replication_lag.png)).",
+    if !fast.is_empty() {
+        let lo = fast.iter().map(|e| e.0).fold(f64::INFINITY, f64::min);
+        let hi = fast.iter().map(|e| e.0).fold(f64::NEG_INFINITY, f64::max);
+        let mut text = format!(
+            "**Replication lag is the one-way latency plus a few milliseconds — while writes to a peer come less \
+             often than once per round trip.** With a write every {} ms per origin, pairs whose RTT is well below \
+             that (under 90% of it) see the write {}–{} ms after the one-way latency at p50 (the receiver's fsync \
+             and the poll's resolution).",
+            f(interval),
             f(lo.max(0.0)),
-            f(hi),
-            f(p99hi)
-        ));
+            f(hi)
+        );
+        if !slow.is_empty() {
+            let rows: Vec<String> =
+                slow.iter().map(|e| format!("{} +{} ms (RTT {} ms)", e.1, f(e.0), f(e.2))).collect();
+            let _ = write!(
+                text,
+                " Pairs whose RTT comes close to or exceeds the gap between writes lag more: {}. The sender to each peer keeps \
+                 one batch in flight and waits for its acknowledgement (stop-and-wait), so a write that lands \
+                 during a round trip waits for the next one: replication to a far peer carries at most one batch \
+                 per RTT. Pipelining batches would bring these pairs back to the one-way latency.",
+                rows.join(", ")
+            );
+        }
+        text.push_str(" ([`figures/replication_lag.png`](figures/replication_lag.png))");
+        out.push(text);
     }
     // Conflicts.
     if view.conflicts.len() >= 2 {
@@ -913,6 +924,8 @@ fn insights(view: &View) -> Vec<String> {
             changes.iter().filter(|c| c.3).map(|c| format!("`{}` {} → {} ms", c.0, f(c.1), f(c.2))).collect();
         let unhurt: Vec<String> = changes.iter().filter(|c| !c.3).map(|c| format!("`{}`", c.0)).collect();
         let catch = view.run.wan.catch_up.first();
+        let down_index = view.names.iter().position(|r| *r == view.run.down_region);
+        let far_rtt = down_index.map_or(0.0, |d| (0..n).map(|b| view.rtt(d, b)).fold(0.0, f64::max));
         out.push(format!(
             "**A region outage costs latency only where that region was part of the quorum.** With `{}` down, \
              writes with `w={majority}` stay available everywhere (the {} others still form a majority); regions \
@@ -924,11 +937,14 @@ fn insights(view: &View) -> Vec<String> {
             if unhurt.is_empty() { "none".into() } else { unhurt.join(", ") },
             catch
                 .map(|c| format!(
-                    "When it returns it holds all {} writes it missed after {} ms: its peers' durable outboxes \
-                     ship the backlog as soon as it says hello, so catch-up costs about one round trip to the \
-                     farthest writer, not a rescan",
+                    "When it returns it holds all {} writes it missed after {} ms, {:.1} round trips to its \
+                     farthest peer ({} ms): as soon as it says hello, each peer's durable outbox ships its backlog \
+                     in batches of at most {} keys, one batch per round trip — no rescan",
                     c.keys,
-                    f(c.ms)
+                    f(c.ms),
+                    c.ms / far_rtt.max(1.0),
+                    f(far_rtt),
+                    vkv::protocol::MAX_BATCH_KEYS
                 ))
                 .unwrap_or_default()
         ));
