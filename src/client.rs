@@ -28,6 +28,7 @@
 
 use std::time::Duration;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 
@@ -35,6 +36,9 @@ use crate::clock::VectorClock;
 use crate::protocol::{
     DeleteRequest, ErrorBody, KeyErrorBody, ReadResponse, StatusResponse, WriteRequest, WriteResponse,
 };
+
+/// Bytes of a key sent as they are in the URL path: RFC 3986's unreserved set.
+const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Time a client request may take, connection included.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,8 +142,11 @@ impl Client {
         if key.is_empty() || key == "." || key == ".." {
             return Err(ClientError::InvalidKey(key.to_string()));
         }
+        // Every byte outside the URL's unreserved set is percent-encoded by hand: `Url`'s own
+        // segment push drops tabs and newlines (as URL parsing does), which would silently
+        // address another key.
         let mut url = self.base.clone();
-        url.path_segments_mut().expect("checked in new: the URL can be a base").clear().push("kv").push(key);
+        url.set_path(&format!("/kv/{}", utf8_percent_encode(key, KEY_SEGMENT)));
         Ok(url)
     }
 

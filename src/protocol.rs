@@ -21,6 +21,13 @@ pub const MAX_VERSIONS_PER_ENTRY: usize = 1024;
 /// so only a single key whose siblings add up to more than this can never ship.
 pub const MAX_REPLICATE_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest `--max-value-bytes` a replica accepts: a value that long, with every byte escaped as
+/// `\u00XX` (six bytes) in JSON, still fits in one replication request with room for its key
+/// and clock. Above it a peer would refuse the value for ever (it could travel by anti-entropy
+/// only), so the server refuses such a flag at startup. (Siblings of one key travel together:
+/// several values this large in one key can still exceed a request; see the README's limits.)
+pub const MAX_VALUE_BYTES_LIMIT: usize = (MAX_REPLICATE_BODY_BYTES - 64 * 1024) / 6;
+
 /// `PUT /kv/{key}` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -137,7 +137,7 @@ pub async fn read_quorum(replica: &Arc<Replica>, key: &str, r: usize) -> Result<
         }
     }
     if !repaired.is_empty() {
-        info!("replica {} · key {key} · read repair (r={r}): replicas {repaired:?} were behind", replica.id());
+        info!("replica {} · key {key:?} · read repair (r={r}): replicas {repaired:?} were behind", replica.id());
     }
     Ok(merged)
 }

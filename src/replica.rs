@@ -3,10 +3,13 @@
 //! Every decision a replica takes is logged here, one line each, in the seed's notation:
 //!
 //! ```text
-//! replica 1 · key cart · client write "milk" → clock [2, 0, 0, 0, 0]
-//! replica 5 · key cart · local [1, 0, 0, 0, 0] vs received "milk" [2, 0, 0, 0, 0] from replica 1 → no conflict, updated
-//! replica 3 · key cart · local [2, 0, 0, 0, 0] vs received "eggs" [1, 1, 0, 0, 0] from replica 2 → CONFLICT, kept 2 siblings
+//! replica 1 · key "cart" · client write "milk" → clock [2, 0, 0, 0, 0]
+//! replica 5 · key "cart" · local [1, 0, 0, 0, 0] vs received "milk" [2, 0, 0, 0, 0] from replica 1 → no conflict, updated
+//! replica 3 · key "cart" · local [2, 0, 0, 0, 0] vs received "eggs" [1, 1, 0, 0, 0] from replica 2 → CONFLICT, kept 2 siblings
 //! ```
+//!
+//! Keys and values are written escaped (Rust's `{:?}`: quotes, `\n`, `\0`, `\u{..}`), so a key
+//! can never forge a line or put a control byte into the log.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -129,7 +132,7 @@ fn refused(
             let missed: Vec<VectorClock> = current.not_covered_by(&ctx).map(|v| v.clock.clone()).collect();
             let clocks: Vec<VectorClock> = current.versions().iter().map(|v| v.clock.clone()).collect();
             warn!(
-                "replica {me} · key {key} · {what} vs local {} → CONFLICT, refused (409): the client never saw {}",
+                "replica {me} · key {key:?} · {what} vs local {} → CONFLICT, refused (409): the client never saw {}",
                 show_clocks(&clocks),
                 show_clocks(&missed)
             );
@@ -325,7 +328,7 @@ impl Replica {
                 Ok((SiblingSet::single(version), (clock, current.len())))
             })?;
             let resolves = if replaced > 1 { format!(" (supersedes {replaced} siblings)") } else { String::new() };
-            info!("replica {me} · key {key} · {what} → clock {clock}{resolves}");
+            info!("replica {me} · key {key:?} · {what} → clock {clock}{resolves}");
             for link in &links {
                 link.wake();
             }
@@ -426,7 +429,7 @@ impl Replica {
         let (records, changed) = self.merge_entries(&entries).await?;
         for r in records.iter().filter(|r| r.outcome.changed()) {
             debug!(
-                "replica {} · key {} · anti-entropy from replica {from}: local {} vs received {} → {:?}",
+                "replica {} · key {:?} · anti-entropy from replica {from}: local {} vs received {} → {:?}",
                 self.id(),
                 r.key,
                 show_clocks(&r.local),
@@ -509,7 +512,7 @@ impl Replica {
 
     fn log_merge(&self, from: ReplicaId, r: &MergeRecord, v: &Version) {
         let head = format!(
-            "replica {} · key {} · local {} vs received {} {} from replica {from} →",
+            "replica {} · key {:?} · local {} vs received {} {} from replica {from} →",
             self.id(),
             r.key,
             show_clocks(&r.local),

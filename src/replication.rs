@@ -142,7 +142,7 @@ fn summarise(batch: &[Pending]) -> String {
         .take(SHOWN)
         .map(|p| {
             let clocks: Vec<String> = p.set.versions().iter().map(|v| v.clock.to_string()).collect();
-            format!("{} {}", p.key, clocks.join(" ∥ "))
+            format!("{:?} {}", p.key, clocks.join(" ∥ "))
         })
         .collect();
     if batch.len() > SHOWN {

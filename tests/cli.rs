@@ -29,6 +29,11 @@ fn server_rejects_bad_flags_naming_the_flag() {
         (&["-N", "1"], "--port"),
         (&["--port", "7000", "-N", "1", "--max-value-bytes", "0"], "--max-value-bytes"),
         (&["--port", "7000", "-N", "2", "--hosts", "127.0.0.1", "--ports", "x"], "--ports"),
+        // A value that large, escaped, would not fit in a replication request (issue 9, item 10).
+        (&["--port", "7000", "-N", "1", "--max-value-bytes", "12000000"], "--max-value-bytes"),
+        // An anti-entropy period that would keep idle replicas busy (issue 9, item 11).
+        (&["--port", "7000", "-N", "1", "--insecure", "--anti-entropy-secs", "0.000001"], "--anti-entropy-secs"),
+        (&["--port", "7000", "-N", "1", "--insecure", "--anti-entropy-secs=-1"], "--anti-entropy-secs"),
     ];
     for (args, needle) in cases {
         let out = run(SERVER, args);
@@ -233,7 +238,7 @@ fn cli_refuses_stale_context_writes_and_updates_with_the_read_context() {
     let shown = text(&out.stdout);
     assert!(shown.contains("CONFLICT: not written"), "{shown}");
     assert!(shown.contains("\"a\"  clock [1, 0]"), "{shown}");
-    assert!(shown.contains("vkv put \"list\" <merged value> --context 1,0"), "{shown}");
+    assert!(shown.contains("vkv put 'list' <merged value> --context 1,0"), "{shown}");
     let out = cli(&["--server", &a1, "--json", "put", "list", "b", "--context", "0,0"]);
     assert_eq!(out.status.code(), Some(4));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -250,4 +255,56 @@ fn cli_refuses_stale_context_writes_and_updates_with_the_read_context() {
     let out = cli(&["--server", &a1, "update", "fresh", "first"]);
     assert!(out.status.success(), "update of a missing key: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "updated \"fresh\" at replica 1 · clock [1, 0]");
+}
+
+/// Keys cannot forge log lines (issue 9, item 7): a key holding a newline and a fake decision, or a
+/// NUL byte, is logged escaped — one line per decision, no control byte in the file. And the
+/// CLI's "write with:" line quotes the key for the shell (item 8): `$HOME` and backticks in a key
+/// stay literal when the line is pasted.
+#[test]
+fn keys_are_escaped_in_logs_and_quoted_for_the_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::new(SERVER, free_ports(1).unwrap(), dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    cluster.start_all().unwrap();
+    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
+    let a1 = cluster.address(1);
+    let cli = |args: &[&str]| run(CLI, args);
+
+    let forged = "k\nINFO replica 1 · key \"x\" · client write \"forged\" → clock [9]";
+    let out = cli(&["--server", &a1, "put", forged, "v"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A NUL cannot be a process argument: this one goes over HTTP (percent-encoded).
+    rt.block_on(cluster.client(1).put("nul\u{0}byte", "v\u{1b}[31m", None)).unwrap();
+    let log = std::fs::read(cluster.log_path(1)).unwrap();
+    assert!(!log.contains(&0u8) && !log.contains(&0x1bu8), "a control byte reached the log");
+    let log = String::from_utf8_lossy(&log);
+    assert!(!log.lines().any(|l| l.contains("INFO replica 1 · key \"x\"")), "a key forged a line:\n{log}");
+    assert!(log.contains("key \"k\\nINFO replica 1"), "the key is logged escaped:\n{log}");
+    assert!(log.contains("key \"nul\\0byte\""), "{log}");
+
+    // A conflict on a key full of shell syntax: the printed command pastes back literally.
+    let key = "$HOME `id` it's";
+    assert!(cli(&["--server", &a1, "put", key, "a", "--context", "0"]).status.success());
+    let out = cli(&["--server", &a1, "put", key, "b", "--context", "0"]);
+    assert_eq!(out.status.code(), Some(4));
+    let shown = text(&out.stdout);
+    let line = shown.lines().find(|l| l.contains("write with:")).unwrap_or_else(|| panic!("{shown}"));
+    let quoted = line.split_once("vkv put ").and_then(|(_, rest)| rest.split_once(" <merged value>")).unwrap().0;
+    let echoed = Command::new("sh").arg("-c").arg(format!("printf '%s' {quoted}")).output().unwrap();
+    assert_eq!(text(&echoed.stdout), key, "the shell sees the key itself: {line}");
+}
+
+/// A port in use is a startup error like the others (issue 9, item 9): exit 2 with the reason on
+/// stderr, and no store is created in the data dir.
+#[test]
+fn a_port_in_use_exits_2_with_the_reason_and_creates_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let data = dir.path().join("data");
+    let out = run(SERVER, &["--port", &port, "-N", "1", "--insecure", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot listen on 127.0.0.1:"), "{}", text(&out.stderr));
+    assert!(!data.exists(), "a store was created before the bind failed");
 }

@@ -236,7 +236,7 @@ pub async fn no_conflict(ctx: &mut Ctx) -> Result<(), String> {
     .await;
     ctx.check_log(
         last,
-        &format!("key {key} · local {c1} vs received \"milk,eggs\" {c2} from replica 1 → no conflict, updated"),
+        &format!("key {key:?} · local {c1} vs received \"milk,eggs\" {c2} from replica 1 → no conflict, updated"),
         &format!("replica {last} merged by clock: local {c1} vs received {c2} → no conflict"),
     )
     .await;
@@ -245,7 +245,7 @@ pub async fn no_conflict(ctx: &mut Ctx) -> Result<(), String> {
     ctx.check_converged(&all, key, &vec![(Some("milk,eggs".into()), c3.clone())], "every replica ends equal").await;
     ctx.check_log(
         last,
-        &format!("key {key} · local {c2} vs received \"milk,eggs\" {c3} from replica 1 → no conflict, updated"),
+        &format!("key {key:?} · local {c2} vs received \"milk,eggs\" {c3} from replica 1 → no conflict, updated"),
         &format!("replica {last} merged the second update: local {c2} vs received {c3} → no conflict"),
     )
     .await;
@@ -282,7 +282,7 @@ pub async fn conflict(ctx: &mut Ctx) -> Result<(), String> {
         "every replica converges to the resolution",
     )
     .await;
-    ctx.check_log(1, &format!("key {key} · local"), "replica 1 logged its merge decisions for the key").await;
+    ctx.check_log(1, &format!("key {key:?} · local"), "replica 1 logged its merge decisions for the key").await;
     ctx.check_log(1, "→ CONFLICT, kept 2 siblings", "a replica logged the conflict").await;
     ctx.show(&key, "after the resolution").await;
     Ok(())
@@ -543,7 +543,7 @@ pub async fn read_modify_write(ctx: &mut Ctx) -> Result<(), String> {
         "simultaneous writes with the same context were refused (409), not silently overwritten",
         format!("{conflicts} conflicts detected"),
     );
-    ctx.check_log(1, &format!("key {key} · client write"), "replica 1 logged each write it applied").await;
+    ctx.check_log(1, &format!("key {key:?} · client write"), "replica 1 logged each write it applied").await;
     ctx.check_log(1, "→ CONFLICT, refused (409)", "replica 1 logged each refusal").await;
     // Converge: every replica holds the last write alone; every item is in it.
     let last = client.read(key).await.map_err(|e| e.to_string())?;

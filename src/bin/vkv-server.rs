@@ -16,7 +16,11 @@ use tracing::{error, info, warn};
 use vkv::anti_entropy::AntiEntropyConfig;
 use vkv::auth::{ClusterKey, KEY_ENV};
 use vkv::cluster::Layout;
-use vkv::protocol::DEFAULT_MAX_VALUE_BYTES;
+use vkv::protocol::{DEFAULT_MAX_VALUE_BYTES, MAX_REPLICATE_BODY_BYTES, MAX_VALUE_BYTES_LIMIT};
+
+/// Shortest anti-entropy period accepted (0 turns it off): each round hashes the whole store on
+/// both sides, so much shorter periods keep idle replicas busy.
+const MIN_ANTI_ENTROPY_SECS: f64 = 0.1;
 use vkv::replica::{Config, Replica};
 
 /// One replica of a vkv cluster. Peers are the *other* replicas: N = 1 + number of peers.
@@ -131,15 +135,24 @@ async fn main() -> ExitCode {
         Ok(layout) => layout,
         Err(e) => return usage_error(e),
     };
-    if args.max_value_bytes == 0 {
-        return usage_error("--max-value-bytes must be at least 1");
+    if args.max_value_bytes == 0 || args.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+        return usage_error(format!(
+            "--max-value-bytes {}: must be between 1 and {MAX_VALUE_BYTES_LIMIT} — a value escaped in JSON takes up to \
+             6 bytes a byte, and a larger one would not fit in the {} MiB a peer accepts in one replication request",
+            args.max_value_bytes,
+            MAX_REPLICATE_BODY_BYTES >> 20
+        ));
     }
     let key = match cluster_key(&args) {
         Ok(key) => key,
         Err(e) => return usage_error(e),
     };
-    if !(args.anti_entropy_secs.is_finite() && (0.0..=86_400.0).contains(&args.anti_entropy_secs)) {
-        return usage_error("--anti-entropy-secs must be between 0 (off) and 86400");
+    let ae = args.anti_entropy_secs;
+    if !(ae.is_finite() && (ae == 0.0 || (MIN_ANTI_ENTROPY_SECS..=86_400.0).contains(&ae))) {
+        return usage_error(format!(
+            "--anti-entropy-secs {ae}: must be 0 (off) or between {MIN_ANTI_ENTROPY_SECS} and 86400 — shorter periods \
+             spend the CPU hashing the store"
+        ));
     }
     let anti_entropy = (args.anti_entropy_secs > 0.0).then(|| AntiEntropyConfig {
         period: Duration::from_secs_f64(args.anti_entropy_secs),
@@ -149,6 +162,15 @@ async fn main() -> ExitCode {
         args.data_dir.unwrap_or_else(|| PathBuf::from("vkv-data").join(format!("{}-{}", args.host, args.port)));
     let listen = args.listen.map(|a| a.to_string()).unwrap_or_else(|| layout.me().address());
 
+    // Bind first: a port in use is a startup error like any other (exit 2, reason on stderr),
+    // and it must not leave a freshly created store behind.
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("cannot listen on {listen}: {e}");
+            return usage_error(format!("cannot listen on {listen}: {e}"));
+        }
+    };
     let replica = match Replica::open(Config {
         layout: layout.clone(),
         data_dir: data_dir.clone(),
@@ -162,13 +184,6 @@ async fn main() -> ExitCode {
         Err(e) => {
             error!("cannot open the store: {e}");
             return usage_error(format!("cannot open the store: {e}"));
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            error!("cannot listen on {listen}: {e}");
-            return ExitCode::from(1);
         }
     };
     info!(

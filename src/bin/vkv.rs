@@ -73,6 +73,12 @@ fn print_json<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string(value).expect("responses serialise"));
 }
 
+/// `text` as one shell word, safe to paste: single-quoted, each `'` written as `'\''`, so
+/// nothing in it (`$`, backticks, `\`, newlines) is expanded by a POSIX shell.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
 fn context_arg(context: &VectorClock) -> String {
     context.counters().iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
@@ -98,8 +104,8 @@ fn show_conflict(current: &ReadResponse, json: bool, message: &str) -> ExitCode 
         );
         show_versions(current);
         println!(
-            "merge them, then write with: vkv put {:?} <merged value> --context {}",
-            current.key,
+            "merge them, then write with: vkv put {} <merged value> --context {}",
+            shell_quote(&current.key),
             context_arg(&current.context)
         );
     }
@@ -110,7 +116,7 @@ fn show_read(r: &ReadResponse) {
     if r.is_conflict() {
         println!("CONFLICT: key {:?} has {} concurrent versions", r.key, r.versions.len());
         show_versions(r);
-        println!("resolve with: vkv put {:?} <value> --context {}", r.key, context_arg(&r.context));
+        println!("resolve with: vkv put {} <value> --context {}", shell_quote(&r.key), context_arg(&r.context));
     } else if let Some(v) = r.versions.first() {
         println!("{}  clock {}", v.value.as_deref().unwrap_or("(deleted)"), v.clock);
     }
