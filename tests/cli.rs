@@ -12,6 +12,16 @@ fn run(bin: &str, args: &[&str]) -> Output {
     Command::new(bin).args(args).env_remove("VKV_CLUSTER_KEY").output().unwrap()
 }
 
+/// A healthy local cluster of `n` replicas, with its temp dir (keep it alive) and a runtime.
+fn start_cluster(n: usize) -> (tempfile::TempDir, LocalCluster, tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::new(SERVER, free_ports(n).unwrap(), dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    cluster.start_all().unwrap();
+    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
+    (dir, cluster, rt)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -136,11 +146,7 @@ fn server_shuts_down_cleanly_on_sigterm() {
 /// (1 not found, 2 bad input, 3 unreachable). A conflict is shown loudly with its resolution.
 #[test]
 fn cli_reads_writes_and_flags_conflicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::new(SERVER, free_ports(2).unwrap(), dir.path());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    cluster.start_all().unwrap();
-    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
+    let (_dir, mut cluster, rt) = start_cluster(2);
     let (a1, a2) = (cluster.address(1), cluster.address(2));
     let cli = |args: &[&str]| run(CLI, args);
 
@@ -214,11 +220,7 @@ fn cli_reads_writes_and_flags_conflicts() {
 /// context; `vkv get` of a missing key shows the context a first write needs.
 #[test]
 fn cli_refuses_stale_context_writes_and_updates_with_the_read_context() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::new(SERVER, free_ports(2).unwrap(), dir.path());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    cluster.start_all().unwrap();
-    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
+    let (_dir, cluster, _rt) = start_cluster(2);
     let a1 = cluster.address(1);
     let cli = |args: &[&str]| run(CLI, args);
 
@@ -263,11 +265,7 @@ fn cli_refuses_stale_context_writes_and_updates_with_the_read_context() {
 /// stay literal when the line is pasted.
 #[test]
 fn keys_are_escaped_in_logs_and_quoted_for_the_shell() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::new(SERVER, free_ports(1).unwrap(), dir.path());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    cluster.start_all().unwrap();
-    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
+    let (_dir, cluster, rt) = start_cluster(1);
     let a1 = cluster.address(1);
     let cli = |args: &[&str]| run(CLI, args);
 

@@ -342,23 +342,17 @@ fn draw(view: &View, dir: &Path) -> Result<(), String> {
         &panels,
     )?;
 
-    // 2. Replication lag vs one-way latency.
-    let points: Vec<(f64, f64, String)> = view
+    // 2. Replication lag vs one-way latency: p50 and p99 per directed pair.
+    let (points, p99): (Vec<_>, Vec<_>) = view
         .lag
         .iter()
         .filter_map(|((a, b), s)| {
             let (ia, ib) = (view.names.iter().position(|x| x == a)?, view.names.iter().position(|x| x == b)?);
-            Some((view.rtt(ia, ib) / 2.0, percentiles(s)?.0, String::new()))
+            let (p50, _, p99) = percentiles(s)?;
+            let x = view.rtt(ia, ib) / 2.0;
+            Some(((x, p50, String::new()), (x, p99, String::new())))
         })
-        .collect();
-    let p99: Vec<(f64, f64, String)> = view
-        .lag
-        .iter()
-        .filter_map(|((a, b), s)| {
-            let (ia, ib) = (view.names.iter().position(|x| x == a)?, view.names.iter().position(|x| x == b)?);
-            Some((view.rtt(ia, ib) / 2.0, percentiles(s)?.2, String::new()))
-        })
-        .collect();
+        .unzip();
     plots::scatter(
         &dir.join("replication_lag.png"),
         "Replication lag (origin's ack → visible at the other region) vs one-way latency",
