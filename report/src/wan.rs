@@ -311,8 +311,10 @@ mod tests {
         assert!(late[20] < Duration::from_micros(400), "median lateness {:?}", late[20]);
     }
 
-    /// A ping through the emulator between two regions measures their configured RTT (±10%),
-    /// and between two addresses of one region the intra-region RTT.
+    /// A ping through the emulator between two regions measures their configured RTT (median
+    /// within ±10%). Within one region the RTT is 1 ms, where the proxy's own cost (and, on a
+    /// loaded machine, scheduling) weighs: there the fastest of the pings must lie between the
+    /// configured RTT and half a millisecond more — never faster than configured.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pings_measure_the_configured_rtt() {
         let r = regions();
@@ -320,16 +322,19 @@ mod tests {
         let (front, back) = (SocketAddr::new(Regions::sim_ip(2), port()), SocketAddr::new(Regions::sim_ip(2), port()));
         wan.echo(2, front, back).await.unwrap();
         for src in [0usize, 1, 2] {
-            let rtts = ping(Regions::sim_ip(src), front, 5).await.unwrap();
-            let median = {
-                let mut s = rtts.clone();
-                s.sort();
-                s[2].as_secs_f64() * 1000.0
-            };
-            let want = r.rtt_ms(src, 2);
-            eprintln!("ping {src}→2: {median:.3} ms (configured {want} ms)");
-            let tolerance = if src == 2 { 0.25 } else { 0.10 };
-            assert!((median - want).abs() <= want * tolerance, "{src}→2: {median:.2} ms vs {want} ms");
+            let mut rtts: Vec<f64> =
+                ping(Regions::sim_ip(src), front, 9).await.unwrap().iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+            rtts.sort_by(f64::total_cmp);
+            let (fastest, median, want) = (rtts[0], rtts[4], r.rtt_ms(src, 2));
+            eprintln!("ping {src}→2: fastest {fastest:.3} ms, median {median:.3} ms (configured {want} ms)");
+            if src == 2 {
+                assert!(
+                    fastest >= want * 0.95 && fastest <= want + 0.5,
+                    "{src}→2: fastest {fastest:.2} ms vs {want} ms"
+                );
+            } else {
+                assert!((median - want).abs() <= want * 0.10, "{src}→2: median {median:.2} ms vs {want} ms");
+            }
         }
     }
 
