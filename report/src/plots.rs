@@ -105,29 +105,25 @@ pub fn grouped_bars(
         let width = 0.8 / k;
         for (s, name) in series.iter().enumerate() {
             let color = PALETTE[s % PALETTE.len()];
-            let rects: Vec<Rectangle<(f64, f64)>> = groups
+            // Each bar of this series: its left edge, value and marker.
+            let bars: Vec<(f64, f64, Option<f64>)> = groups
                 .iter()
                 .enumerate()
                 .filter_map(|(g, group)| {
-                    let (v, _) = *group.bars.get(s)?;
-                    let x0 = g as f64 - 0.4 + s as f64 * width;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled()))
+                    let (v, m) = *group.bars.get(s)?;
+                    Some((g as f64 - 0.4 + s as f64 * width, v, m))
                 })
                 .collect();
+            let rects =
+                bars.iter().map(|&(x0, v, _)| Rectangle::new([(x0, 0.0), (x0 + width * 0.9, v)], color.filled()));
             chart
                 .draw_series(rects)
                 .map_err(err)?
                 .label(*name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-            let markers: Vec<PathElement<(f64, f64)>> = groups
-                .iter()
-                .enumerate()
-                .filter_map(|(g, group)| {
-                    let (_, m) = *group.bars.get(s)?;
-                    let x0 = g as f64 - 0.4 + s as f64 * width;
-                    m.map(|m| PathElement::new(vec![(x0, m), (x0 + width * 0.9, m)], BLACK.stroke_width(2)))
-                })
-                .collect();
+            let markers = bars.iter().filter_map(|&(x0, _, m)| {
+                m.map(|m| PathElement::new(vec![(x0, m), (x0 + width * 0.9, m)], BLACK.stroke_width(2)))
+            });
             chart.draw_series(markers).map_err(err)?;
         }
         let mut legend = chart.configure_series_labels();

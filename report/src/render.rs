@@ -187,6 +187,16 @@ impl<'a> View<'a> {
         self.names.len()
     }
 
+    /// The index of a region by name.
+    fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|x| x == name)
+    }
+
+    /// The indexes of a pair of regions by name (the lag data is keyed by names).
+    fn pair(&self, a: &str, b: &str) -> Option<(usize, usize)> {
+        Some((self.index(a)?, self.index(b)?))
+    }
+
     fn levels(&self) -> Vec<usize> {
         let n = self.n();
         let mut l = vec![1, n / 2 + 1, n];
@@ -236,10 +246,7 @@ pub fn render(run: &Run, out: &Path) -> Result<(), String> {
 fn lag_json(lag: &BTreeMap<(String, String), Vec<f64>>, view: &View) -> Value {
     let mut out = serde_json::Map::new();
     for ((a, b), samples) in lag {
-        let (Some(ia), Some(ib)) = (view.names.iter().position(|x| x == a), view.names.iter().position(|x| x == b))
-        else {
-            continue;
-        };
+        let Some((ia, ib)) = view.pair(a, b) else { continue };
         if let Some((p50, p95, p99)) = percentiles(samples) {
             out.insert(
                 format!("{a}->{b}"),
@@ -347,7 +354,7 @@ fn draw(view: &View, dir: &Path) -> Result<(), String> {
         .lag
         .iter()
         .filter_map(|((a, b), s)| {
-            let (ia, ib) = (view.names.iter().position(|x| x == a)?, view.names.iter().position(|x| x == b)?);
+            let (ia, ib) = view.pair(a, b)?;
             let (p50, _, p99) = percentiles(s)?;
             let x = view.rtt(ia, ib) / 2.0;
             Some(((x, p50, String::new()), (x, p99, String::new())))
@@ -762,7 +769,7 @@ fn insights(view: &View) -> Vec<String> {
         (w_all.first(), w_all.last(), w_maj.first(), w_maj.last())
     {
         let neighbours = |region: &str| {
-            view.names.iter().position(|x| x == region).map_or(String::new(), |i| {
+            view.index(region).map_or(String::new(), |i| {
                 let near = view.by_distance(i);
                 near.iter()
                     .take(majority - 1)
@@ -831,10 +838,7 @@ fn insights(view: &View) -> Vec<String> {
     let interval = view.run.lag_interval_ms;
     let (mut fast, mut slow) = (Vec::new(), Vec::new());
     for ((a, b), s) in &view.lag {
-        let (Some(ia), Some(ib)) = (view.names.iter().position(|x| x == a), view.names.iter().position(|x| x == b))
-        else {
-            continue;
-        };
+        let Some((ia, ib)) = view.pair(a, b) else { continue };
         if let Some((p50, _, _)) = percentiles(s) {
             let row = (p50 - view.rtt(ia, ib) / 2.0, format!("{} → {}", short(a), short(b)), view.rtt(ia, ib));
             // A round trip plus the receiver's work must fit between two writes for the
@@ -918,7 +922,7 @@ fn insights(view: &View) -> Vec<String> {
             changes.iter().filter(|c| c.3).map(|c| format!("`{}` {} → {} ms", c.0, f(c.1), f(c.2))).collect();
         let unhurt: Vec<String> = changes.iter().filter(|c| !c.3).map(|c| format!("`{}`", c.0)).collect();
         let catch = view.run.wan.catch_up.first();
-        let down_index = view.names.iter().position(|r| *r == view.run.down_region);
+        let down_index = view.index(&view.run.down_region);
         let far_rtt = down_index.map_or(0.0, |d| (0..n).map(|b| view.rtt(d, b)).fold(0.0, f64::max));
         out.push(format!(
             "**A region outage costs latency only where that region was part of the quorum.** With `{}` down, \

@@ -297,6 +297,16 @@ mod tests {
         std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
     }
 
+    /// A WAN with the committed regions and an echo server in `region`; returns the WAN (keep it:
+    /// dropping it closes the echo) and the echo's address.
+    async fn echo_in(region: usize) -> (Wan, SocketAddr) {
+        let mut wan = Wan::new(regions());
+        let ip = Regions::sim_ip(region);
+        let (front, back) = (SocketAddr::new(ip, port()), SocketAddr::new(ip, port()));
+        wan.echo(region, front, back).await.unwrap();
+        (wan, front)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_timer_meets_sub_millisecond_deadlines() {
         let timer = PreciseTimer::start();
@@ -318,9 +328,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pings_measure_the_configured_rtt() {
         let r = regions();
-        let mut wan = Wan::new(r.clone());
-        let (front, back) = (SocketAddr::new(Regions::sim_ip(2), port()), SocketAddr::new(Regions::sim_ip(2), port()));
-        wan.echo(2, front, back).await.unwrap();
+        let (_wan, front) = echo_in(2).await;
         for src in [0usize, 1, 2] {
             let mut rtts: Vec<f64> =
                 ping(Regions::sim_ip(src), front, 9).await.unwrap().iter().map(|d| d.as_secs_f64() * 1000.0).collect();
@@ -342,9 +350,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_connection_pays_one_rtt_first() {
         let r = regions();
-        let mut wan = Wan::new(r.clone());
-        let (front, back) = (SocketAddr::new(Regions::sim_ip(0), port()), SocketAddr::new(Regions::sim_ip(0), port()));
-        wan.echo(0, front, back).await.unwrap();
+        let (_wan, front) = echo_in(0).await;
         let start = Instant::now();
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(Regions::sim_ip(1), 0)).unwrap();
