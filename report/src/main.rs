@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use vkv::local::{free_ports, LocalCluster, LocalMember, Stop};
+use vkv::local::{LocalCluster, LocalMember, Stop};
 
 use measure::{Plan, Results, Site};
 use regions::Regions;
@@ -164,18 +164,19 @@ impl Deployment {
         let n = regions.len();
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let ports = free_ports(4 * n).map_err(|e| format!("no free ports: {e}"))?;
         let mut wan = wan::Wan::new(regions.clone());
         let mut members = Vec::new();
         let mut echo = Vec::new();
         for i in 0..n {
             let ip = Regions::sim_ip(i);
-            let (advertised, listen) = (SocketAddr::new(ip, ports[4 * i]), SocketAddr::new(ip, ports[4 * i + 1]));
-            let (echo_front, echo_back) =
-                (SocketAddr::new(ip, ports[4 * i + 2]), SocketAddr::new(ip, ports[4 * i + 3]));
-            wan.expose(i, advertised, listen).await.map_err(|e| format!("delay proxy on {advertised}: {e}"))?;
-            wan.echo(i, echo_front, echo_back).await.map_err(|e| format!("echo on {echo_front}: {e}"))?;
-            echo.push(echo_front);
+            // The replica's private port: one the OS finds free on its region's address (ports
+            // free on 127.0.0.1 may be held on 127.0.1.x by the peer connections of a previous
+            // deployment). The proxies and echo servers bind port 0 themselves.
+            let listen = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("no free port on {ip}: {e}"))?;
+            let advertised = wan.expose(i, listen).await.map_err(|e| format!("delay proxy on {ip}: {e}"))?;
+            echo.push(wan.echo(i).await.map_err(|e| format!("echo on {ip}: {e}"))?);
             members.push(LocalMember {
                 host: ip.to_string(),
                 port: advertised.port(),

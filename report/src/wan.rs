@@ -176,10 +176,12 @@ impl Wan {
         Wan { regions: Arc::new(regions), timer: PreciseTimer::start(), tasks: JoinSet::new() }
     }
 
-    /// Serves `listen` as an address of region `dst`: each connection is forwarded to
-    /// `upstream`, delayed by the one-way latency between its source region and `dst`.
-    pub async fn expose(&mut self, dst: usize, listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
-        let listener = TcpListener::bind(listen).await?;
+    /// Serves a new address of region `dst` (its IP, a port the OS picks, so no other socket
+    /// on that IP can hold it) and returns it: each connection is forwarded to `upstream`,
+    /// delayed by the one-way latency between its source region and `dst`.
+    pub async fn expose(&mut self, dst: usize, upstream: SocketAddr) -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind(SocketAddr::new(Regions::sim_ip(dst), 0)).await?;
+        let address = listener.local_addr()?;
         let (regions, timer) = (self.regions.clone(), self.timer.clone());
         self.tasks.spawn(async move {
             let mut connections = JoinSet::new();
@@ -209,13 +211,14 @@ impl Wan {
                 while connections.try_join_next().is_some() {}
             }
         });
-        Ok(())
+        Ok(address)
     }
 
-    /// A TCP echo server at `listen` in region `dst`, behind a delay proxy: pinging it from
-    /// another region measures what the WAN does to a round trip and nothing else.
-    pub async fn echo(&mut self, dst: usize, listen: SocketAddr, backend: SocketAddr) -> io::Result<()> {
-        let listener = TcpListener::bind(backend).await?;
+    /// A TCP echo server in region `dst`, behind a delay proxy whose address it returns:
+    /// pinging it from another region measures what the WAN does to a round trip and nothing else.
+    pub async fn echo(&mut self, dst: usize) -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind(SocketAddr::new(Regions::sim_ip(dst), 0)).await?;
+        let backend = listener.local_addr()?;
         self.tasks.spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -228,7 +231,7 @@ impl Wan {
                 while connections.try_join_next().is_some() {}
             }
         });
-        self.expose(dst, listen, backend).await
+        self.expose(dst, backend).await
     }
 }
 
@@ -293,17 +296,11 @@ mod tests {
         Regions::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("regions.json")).unwrap()
     }
 
-    fn port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    }
-
     /// A WAN with the committed regions and an echo server in `region`; returns the WAN (keep it:
     /// dropping it closes the echo) and the echo's address.
     async fn echo_in(region: usize) -> (Wan, SocketAddr) {
         let mut wan = Wan::new(regions());
-        let ip = Regions::sim_ip(region);
-        let (front, back) = (SocketAddr::new(ip, port()), SocketAddr::new(ip, port()));
-        wan.echo(region, front, back).await.unwrap();
+        let front = wan.echo(region).await.unwrap();
         (wan, front)
     }
 
