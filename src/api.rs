@@ -9,19 +9,21 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use tracing::{error, warn};
 
-use crate::auth::SIGNATURE_HEADER;
+use crate::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
 use crate::clock::VectorClock;
 use crate::error::Error;
 use crate::protocol::{
-    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, ReadQuery,
-    ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
+    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, PeerRequest,
+    ReadQuery, ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
 };
 use crate::quorum::{check_quorum, read_quorum, write_quorum};
 use crate::replica::{validate_key, Replica};
@@ -164,49 +166,79 @@ async fn peer_read(State(replica): Shared, Signed(request): Signed<PeerReadReque
     Ok(Json(replica.serve_peer_read(request).await?).into_response())
 }
 
-fn missing_signature() -> AppError {
-    AppError(Error::Unauthorized(format!(
-        "peer routes need a {SIGNATURE_HEADER} header (HMAC of the body under the cluster key)"
-    )))
-}
-
-/// Refuses a peer request without a signature header (when a cluster key is set) before the
-/// body is read; the handler then verifies the signature against the body.
-async fn require_signature_header(State(replica): Shared, request: Request, next: Next) -> Response {
-    if replica.cluster_key().is_some() && !request.headers().contains_key(SIGNATURE_HEADER) {
-        return missing_signature().into_response();
+/// The gate of every peer route, before the body is read: the sender's identity and cluster id
+/// are present and — under a cluster key — signed, over the declared body length, recently
+/// (see [`crate::auth`]); the cluster id is this replica's. A refusal is logged, and a
+/// membership mismatch loudly: it is an operator's mistake that loses writes if ignored.
+async fn peer_gate(State(replica): Shared, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let headers = request.headers();
+    let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    let head = check_head(replica.cluster_key(), request.method().as_str(), &path, length, |name| {
+        headers.get(name).and_then(|v| v.to_str().ok())
+    });
+    let me = replica.id();
+    let head = match head {
+        Ok(head) => head,
+        Err(e) => {
+            warn!("replica {me} · refused a peer request to {path}: {e}");
+            return match e {
+                HeadError::Malformed(m) => AppError(Error::InvalidInput(m)),
+                HeadError::Unauthorized(m) => AppError(Error::Unauthorized(m)),
+            }
+            .into_response();
+        }
+    };
+    if head.cluster != replica.cluster_id() {
+        let message = format!(
+            "MEMBERSHIP MISMATCH: replica {me} ({}) of cluster {} (members {}) refuses {path} from a replica \
+             calling itself {} of cluster {}: the two were started with different member lists (N, or an \
+             address spelled differently — localhost vs 127.0.0.1); fix --host/--hosts/--ports so that every \
+             replica lists the same members",
+            replica.layout().me().address(),
+            replica.cluster_id(),
+            replica.layout().describe(),
+            head.from,
+            head.cluster
+        );
+        error!("{message}");
+        return AppError(Error::Conflict(message)).into_response();
     }
+    request.extensions_mut().insert(head);
     next.run(request).await
 }
 
-/// Checks a peer request's signature (unless the replica runs `--insecure`), before parsing.
-fn authenticate(replica: &Replica, headers: &HeaderMap, body: &Bytes) -> Result<(), AppError> {
-    let Some(key) = replica.cluster_key() else {
-        return Ok(());
-    };
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    match signature {
-        Some(sig) if key.verify(body, sig) => Ok(()),
-        Some(_) => {
-            Err(Error::Unauthorized("bad peer signature: this request was not signed with the cluster key".into())
-                .into())
-        }
-        None => Err(missing_signature()),
-    }
-}
-
-/// A peer request body, authenticated (signature checked against the raw bytes) and parsed:
-/// every peer route takes its input through this extractor.
+/// A peer request body, authenticated (signature checked against the raw bytes, chained to the
+/// head [`peer_gate`] checked) and parsed; its `from` must be the signed sender. Every peer route
+/// takes its input through this extractor.
 struct Signed<T>(T);
 
-impl<T: DeserializeOwned + Send> FromRequest<Arc<Replica>> for Signed<T> {
+impl<T: DeserializeOwned + PeerRequest + Send> FromRequest<Arc<Replica>> for Signed<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, replica: &Arc<Replica>) -> Result<Self, AppError> {
-        let headers = request.headers().clone();
+        let head =
+            request.extensions().get::<PeerHead>().cloned().ok_or_else(|| {
+                AppError(Error::Unauthorized("a peer route was reached without its gate (a bug)".into()))
+            })?;
+        let signature = request.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = Bytes::from_request(request, replica).await.map_err(from_body)?;
-        authenticate(replica, &headers, &body)?;
-        Ok(Signed(parse(&body, None)?))
+        if let Some(key) = replica.cluster_key() {
+            if !signature.is_some_and(|sig| check_body(key, &head, &body, &sig)) {
+                return Err(AppError(Error::Unauthorized(format!(
+                    "bad peer body signature ({SIGNATURE_HEADER}): the body is not the one the cluster key signed"
+                ))));
+            }
+        }
+        let parsed: T = parse(&body, None)?;
+        if parsed.from() != head.from {
+            return Err(AppError(Error::InvalidInput(format!(
+                "the body says it is from replica {}, the {FROM_HEADER} header says {}",
+                parsed.from(),
+                head.from
+            ))));
+        }
+        Ok(Signed(parsed))
     }
 }
 
@@ -229,11 +261,13 @@ async fn entries(State(replica): Shared, Signed(request): Signed<EntriesRequest>
 
 /// 200 when serving reads and writes; 503 while recovering from the peers (reads only).
 async fn health(State(replica): Shared) -> Response {
+    let (id, cluster) = (replica.id(), replica.cluster_id());
     if replica.is_recovering() {
-        let body = serde_json::json!({"status": "recovering", "error": "recovering from peers: writes are refused"});
+        let body = serde_json::json!({"status": "recovering", "error": "recovering from peers: writes are refused",
+            "replica": id, "cluster": cluster});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(serde_json::json!({"status": "ok"})).into_response()
+    Json(serde_json::json!({"status": "ok", "replica": id, "cluster": cluster})).into_response()
 }
 
 async fn status(State(replica): Shared) -> Result<Response, AppError> {
@@ -260,15 +294,15 @@ pub fn client_body_limit(max_value_bytes: usize) -> usize {
 /// The replica's HTTP application.
 pub fn app(replica: Arc<Replica>) -> Router {
     let client_limit = client_body_limit(replica.max_value_bytes());
-    // Peer routes: a request without a signature header is turned away before its body is read,
-    // so an outsider cannot make a replica buffer a 64 MiB body.
+    // Peer routes: a request whose head is not signed with the cluster key is turned away before
+    // its body is read, so an outsider cannot make a replica buffer a 64 MiB body.
     let peer_routes = Router::new()
         .route("/replicate", post(replicate).layer(DefaultBodyLimit::max(MAX_REPLICATE_BODY_BYTES)))
         .route("/peer/hello", post(hello))
         .route("/peer/digest", post(digest))
         .route("/peer/read", post(peer_read))
         .route("/peer/entries", post(entries))
-        .route_layer(middleware::from_fn_with_state(replica.clone(), require_signature_header));
+        .route_layer(middleware::from_fn_with_state(replica.clone(), peer_gate));
     Router::new()
         .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
         .merge(peer_routes)

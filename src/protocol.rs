@@ -231,6 +231,10 @@ pub struct StatusResponse {
     pub replica: ReplicaId,
     /// Cluster size.
     pub n: usize,
+    /// The cluster id: a hash of N and the ordered member list. Every replica of one cluster
+    /// shows the same; peers with another one refuse each other's data.
+    #[serde(default)]
+    pub cluster: String,
     /// The members in clock order.
     pub members: Vec<Member>,
     /// One entry per peer.
@@ -253,4 +257,32 @@ pub struct PeerStatus {
     pub outbox_depth: u64,
     /// Whether the peer answered a health probe just now.
     pub reachable: bool,
+    /// The cluster id the peer's `/health` reported (`None`: no answer, or not said).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Whether the peer is in this cluster: its cluster id equals ours and it did not refuse
+    /// our membership (`None`: unknown, the peer did not answer).
+    #[serde(default)]
+    pub same_cluster: Option<bool>,
+    /// The peer's last refusal of this replica's membership, if it is refusing now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_refusal: Option<String>,
 }
+
+/// A peer request: every one names the replica sending it (checked against the signed header).
+pub trait PeerRequest {
+    /// The sending replica's id.
+    fn from(&self) -> ReplicaId;
+}
+
+macro_rules! peer_request {
+    ($($t:ty),*) => {$(
+        impl PeerRequest for $t {
+            fn from(&self) -> ReplicaId {
+                self.from
+            }
+        }
+    )*};
+}
+
+peer_request!(ReplicateRequest, HelloRequest, DigestRequest, EntriesRequest, PeerReadRequest);

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::anti_entropy::{requested_ranges, AntiEntropyConfig};
-use crate::auth::ClusterKey;
+use crate::auth::{ClusterKey, PeerAuth};
 use crate::clock::{VectorClock, MAX_COUNTER};
 use crate::cluster::{Layout, Member, ReplicaId};
 use crate::error::{Error, Result};
@@ -33,7 +33,7 @@ use crate::protocol::{
 };
 use crate::replication::{announce, on_store, peer_http_client, signed_post, PeerLink, Sender};
 use crate::store::{MergeRecord, Store};
-use crate::versions::{MergeOutcome, SiblingSet, Version, WriteRefusal};
+use crate::versions::{MergeOutcome, SiblingSet, Suspect, Version, WriteRefusal};
 
 /// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
 /// at the same number): so many concurrent versions mean clients write without reading the
@@ -74,7 +74,7 @@ pub struct Replica {
     links: Vec<Arc<PeerLink>>,
     http: reqwest::Client,
     max_value_bytes: usize,
-    cluster_key: Option<ClusterKey>,
+    auth: PeerAuth,
     anti_entropy: Option<AntiEntropyConfig>,
     /// True from the start on an empty data dir until every peer's keys were pulled.
     recovering: AtomicBool,
@@ -191,12 +191,12 @@ impl Replica {
         }
         let links = config.layout.peers().map(|m| Arc::new(PeerLink::new(m.clone()))).collect();
         Ok(Arc::new(Replica {
-            layout: config.layout,
+            layout: config.layout.clone(),
             store: Arc::new(store),
             links,
             http: peer_http_client(config.peer_source),
             max_value_bytes: config.max_value_bytes,
-            cluster_key: config.cluster_key,
+            auth: PeerAuth::new(&config.layout, config.cluster_key),
             anti_entropy: config.anti_entropy,
             recovering: AtomicBool::new(recovering),
         }))
@@ -226,7 +226,17 @@ impl Replica {
 
     /// The cluster key peer requests must be signed with (`None`: `--insecure`).
     pub fn cluster_key(&self) -> Option<&ClusterKey> {
-        self.cluster_key.as_ref()
+        self.auth.key()
+    }
+
+    /// This replica's cluster id (see [`crate::auth::cluster_id`]): peers must send the same.
+    pub fn cluster_id(&self) -> &str {
+        self.auth.cluster()
+    }
+
+    /// Write transactions this replica's store committed since it started.
+    pub fn commits(&self) -> u64 {
+        self.store.commits()
     }
 
     /// Longest value accepted, in bytes.
@@ -239,8 +249,7 @@ impl Replica {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for link in &self.links {
-            let sender =
-                Sender::new(self.id(), self.store.clone(), link.clone(), self.http.clone(), self.cluster_key.clone());
+            let sender = Sender::new(self.auth.clone(), self.store.clone(), link.clone(), self.http.clone());
             tasks.spawn(sender.run(stop_rx.clone()));
         }
         if self.is_recovering() {
@@ -251,7 +260,7 @@ impl Replica {
         }
         let peers = self.layout.peers().cloned().collect();
         let mut announce_stop = stop_rx;
-        let hello = announce(self.id(), peers, self.http.clone(), self.cluster_key.clone());
+        let hello = announce(peers, self.http.clone(), self.auth.clone());
         tasks.spawn(async move {
             tokio::select! {
                 _ = hello => {}
@@ -355,7 +364,7 @@ impl Replica {
         }
         let entries = self.validate_entries(request.entries)?;
         let keys = entries.len();
-        let (records, _) = self.merge_entries(&entries).await?;
+        let (records, _, _) = self.merge_entries(from, &entries, false).await?;
         let versions: Vec<&Version> = entries.iter().flat_map(|(_, vs)| vs.iter()).collect();
         let mut changed = 0;
         for (record, version) in records.iter().zip(versions) {
@@ -402,13 +411,44 @@ impl Replica {
         Ok(entries)
     }
 
-    /// Merges validated entries in one transaction; returns the records and how many keys changed.
-    async fn merge_entries(&self, entries: &[(String, Vec<Version>)]) -> Result<(Vec<MergeRecord>, usize)> {
+    /// Merges validated entries in one transaction; returns the records, how many keys changed,
+    /// and (with `skip_refused`) the keys refused by [`SiblingSet::check_incoming`] — without it,
+    /// such a key fails the whole batch (400) and nothing is applied.
+    async fn merge_entries(
+        &self,
+        from: ReplicaId,
+        entries: &[(String, Vec<Version>)],
+        skip_refused: bool,
+    ) -> Result<(Vec<MergeRecord>, usize, Vec<(String, String)>)> {
         let incoming = entries.to_vec();
-        let records = self.blocking(move |store| store.merge_remote(&incoming)).await?;
+        // While recovering, this replica pulls its own past versions back: they carry counters
+        // at its position that its empty store no longer holds.
+        let own = (!self.is_recovering()).then(|| self.layout.me().position());
+        let me = self.id();
+        let check = move |key: &str, set: &SiblingSet, v: &Version| {
+            set.check_incoming(v, own).map_err(|suspect| {
+                let why = match suspect {
+                    Suspect::NotIssued { counter, issued } => format!(
+                        "it claims replica {me}'s clock position with counter {counter}, but replica {me} issued at \
+                         most {issued} for this key"
+                    ),
+                    Suspect::ClockReused => {
+                        "replica holds another version with the same clock: a counter was issued twice".to_string()
+                    }
+                };
+                let reason = format!(
+                    "key {key:?}: version {} from replica {from} refused: {why} — two members share a clock \
+                     position (member lists that differ, or a reused data dir); nothing of it is merged",
+                    v.clock
+                );
+                error!("replica {me} · {reason}");
+                reason
+            })
+        };
+        let (records, skipped) = self.blocking(move |store| store.merge_remote(&incoming, check, skip_refused)).await?;
         let changed: HashSet<&str> = records.iter().filter(|r| r.outcome.changed()).map(|r| r.key.as_str()).collect();
         let changed = changed.len();
-        Ok((records, changed))
+        Ok((records, changed, skipped))
     }
 
     /// Merges keys pulled by anti-entropy from `from`; returns how many keys changed here.
@@ -426,7 +466,7 @@ impl Replica {
                 Err(e) => warn!("replica {} · key {key:?} from replica {from} skipped: {e}", self.id()),
             }
         }
-        let (records, changed) = self.merge_entries(&entries).await?;
+        let (records, changed, _) = self.merge_entries(from, &entries, true).await?;
         for r in records.iter().filter(|r| r.outcome.changed()) {
             debug!(
                 "replica {} · key {:?} · anti-entropy from replica {from}: local {} vs received {} → {:?}",
@@ -491,8 +531,7 @@ impl Replica {
         body: &Req,
         timeout: Option<Duration>,
     ) -> std::result::Result<Resp, String> {
-        let url = format!("http://{}{path}", peer.address());
-        let mut request = signed_post(&self.http, &url, body, self.cluster_key());
+        let mut request = signed_post(&self.http, &self.auth, &peer.address(), path, body);
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
@@ -542,20 +581,32 @@ impl Replica {
         Ok(())
     }
 
-    /// Id, members, per-peer outbox depth and reachability (probed now), key count.
+    /// Id, cluster id, members, key count, and per peer: outbox depth, reachability and
+    /// whether it is in the same cluster (its `/health` says its cluster id; probed now).
     pub async fn status(&self) -> Result<StatusResponse> {
         let mut probes = JoinSet::new();
         for link in &self.links {
             let (http, member) = (self.http.clone(), link.member.clone());
             probes.spawn(async move {
                 let url = format!("http://{}/health", member.address());
-                let ok = http.get(url).timeout(PROBE_TIMEOUT).send().await.is_ok(); // any answer, "recovering" too
-                (member.id, ok)
+                // Any answer counts as reachable, "recovering" and "unhealthy" too.
+                let answer = http.get(url).timeout(PROBE_TIMEOUT).send().await;
+                let cluster = match answer {
+                    Ok(response) => Some(
+                        response
+                            .json::<serde_json::Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["cluster"].as_str().map(str::to_string)),
+                    ),
+                    Err(_) => None,
+                };
+                (member.id, cluster)
             });
         }
-        let mut reachable = std::collections::HashMap::new();
-        while let Some(Ok((id, ok))) = probes.join_next().await {
-            reachable.insert(id, ok);
+        let mut probed = std::collections::HashMap::new();
+        while let Some(Ok((id, cluster))) = probes.join_next().await {
+            probed.insert(id, cluster);
         }
         let peer_ids: Vec<ReplicaId> = self.links.iter().map(|l| l.member.id).collect();
         let (depths, keys) = self
@@ -568,16 +619,30 @@ impl Replica {
             .links
             .iter()
             .zip(depths)
-            .map(|(link, outbox_depth)| PeerStatus {
-                id: link.member.id,
-                address: link.member.address(),
-                outbox_depth,
-                reachable: reachable.get(&link.member.id).copied().unwrap_or(false),
+            .map(|(link, outbox_depth)| {
+                let probe = probed.get(&link.member.id).cloned().flatten();
+                let cluster = probe.clone().flatten();
+                let refusal = link.membership_refusal();
+                let same_cluster = match (&cluster, &refusal) {
+                    (_, Some(_)) => Some(false),
+                    (Some(c), None) => Some(c == self.cluster_id()),
+                    (None, None) => None,
+                };
+                PeerStatus {
+                    id: link.member.id,
+                    address: link.member.address(),
+                    outbox_depth,
+                    reachable: probe.is_some(),
+                    cluster,
+                    same_cluster,
+                    membership_refusal: refusal,
+                }
             })
             .collect();
         Ok(StatusResponse {
             replica: self.id(),
             n: self.layout.n(),
+            cluster: self.cluster_id().to_string(),
             members: self.layout.members().to_vec(),
             peers,
             keys,

@@ -29,7 +29,7 @@ use rand::Rng;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::auth::{ClusterKey, SIGNATURE_HEADER};
+use crate::auth::PeerAuth;
 use crate::cluster::{Member, ReplicaId};
 use crate::error::{Error, Result};
 use crate::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
@@ -53,17 +53,27 @@ pub struct PeerLink {
     pub member: Member,
     work: Notify,
     peer_up: Notify,
+    membership: std::sync::Mutex<Option<String>>,
 }
 
 impl PeerLink {
     /// A link to `member`.
     pub fn new(member: Member) -> Self {
-        PeerLink { member, work: Notify::new(), peer_up: Notify::new() }
+        PeerLink { member, work: Notify::new(), peer_up: Notify::new(), membership: Default::default() }
     }
 
     /// New keys were queued for this peer.
     pub fn wake(&self) {
         self.work.notify_one();
+    }
+
+    /// Why the peer last refused this replica's membership (`None` once it accepts a batch).
+    pub fn membership_refusal(&self) -> Option<String> {
+        self.membership.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_membership_refusal(&self, refusal: Option<String>) {
+        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
     }
 
     /// The peer showed it is up (hello or replication from it): retry now, skipping backoff.
@@ -77,10 +87,16 @@ impl PeerLink {
 enum ShipError {
     /// No usable answer: the peer is down, unreachable, failing or misconfigured. Back off.
     Unreachable(String),
+    /// The peer does not count this replica as the member it claims to be (409 on a peer
+    /// route): the two were started with different member lists. Nothing can ship until an
+    /// operator fixes the flags; retried every [`MEMBERSHIP_RETRY`].
+    Membership(String),
     /// The peer refused this batch's content (400/413): find the key it refuses.
     Refused(String),
 }
 
+/// Retry period toward a peer that refuses this replica's membership (until it says hello).
+pub const MEMBERSHIP_RETRY: Duration = Duration::from_secs(10);
 /// How long a key that a peer refuses is passed over before it is offered again.
 pub const REFUSED_KEY_RETRY: Duration = Duration::from_secs(300);
 /// An idle sender re-reads its outbox this often even without a wake-up (a safety net).
@@ -90,6 +106,7 @@ pub const IDLE_POLL: Duration = Duration::from_secs(5);
 enum PeerState {
     Up,
     Down { since: Instant, failures: u32 },
+    Mismatch,
 }
 
 /// Runs synchronous store work on tokio's blocking pool (redb calls block on disk). The task
@@ -104,17 +121,20 @@ pub(crate) async fn on_store<T: Send + 'static>(
         .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
 }
 
-/// A JSON POST to a peer, signed with the cluster key when there is one.
+/// A JSON `POST path` to the peer at `address`, carrying this replica's identity and cluster id,
+/// signed with the cluster key when there is one (see [`crate::auth`]).
 pub fn signed_post<T: serde::Serialize>(
     http: &reqwest::Client,
-    url: &str,
+    auth: &PeerAuth,
+    address: &str,
+    path: &str,
     body: &T,
-    key: Option<&ClusterKey>,
 ) -> reqwest::RequestBuilder {
     let bytes = serde_json::to_vec(body).expect("protocol types always serialise");
-    let mut request = http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
-    if let Some(key) = key {
-        request = request.header(SIGNATURE_HEADER, key.sign(&bytes));
+    let mut request =
+        http.post(format!("http://{address}{path}")).header(reqwest::header::CONTENT_TYPE, "application/json");
+    for (name, value) in auth.headers(path, &bytes) {
+        request = request.header(name, value);
     }
     request.body(bytes)
 }
@@ -154,24 +174,16 @@ fn summarise(batch: &[Pending]) -> String {
 /// The sender for one peer. Runs until `stop` turns true.
 pub struct Sender {
     me: ReplicaId,
-    key: Option<ClusterKey>,
+    auth: PeerAuth,
     store: Arc<Store>,
     link: Arc<PeerLink>,
     http: reqwest::Client,
-    url: String,
 }
 
 impl Sender {
-    /// A sender from replica `me` to the link's peer.
-    pub fn new(
-        me: ReplicaId,
-        store: Arc<Store>,
-        link: Arc<PeerLink>,
-        http: reqwest::Client,
-        key: Option<ClusterKey>,
-    ) -> Self {
-        let url = format!("http://{}/replicate", link.member.address());
-        Sender { me, key, store, link, http, url }
+    /// A sender from the replica `auth` signs for to the link's peer.
+    pub fn new(auth: PeerAuth, store: Arc<Store>, link: Arc<PeerLink>, http: reqwest::Client) -> Self {
+        Sender { me: auth.from(), auth, store, link, http }
     }
 
     async fn next_batch(&self, after: Option<String>, max_keys: usize, skip: HashSet<String>) -> Result<Vec<Pending>> {
@@ -188,25 +200,29 @@ impl Sender {
                 .map(|p| ReplicateEntry { key: p.key.clone(), versions: p.set.versions().to_vec() })
                 .collect(),
         };
-        let response = signed_post(&self.http, &self.url, &request, self.key.as_ref()).send().await.map_err(|e| {
-            ShipError::Unreachable(if e.is_timeout() {
-                "timed out".to_string()
-            } else if e.is_connect() {
-                "connection refused or unreachable".to_string()
-            } else {
-                e.to_string()
-            })
-        })?;
+        let address = self.link.member.address();
+        let response =
+            signed_post(&self.http, &self.auth, &address, "/replicate", &request).send().await.map_err(|e| {
+                ShipError::Unreachable(if e.is_timeout() {
+                    "timed out".to_string()
+                } else if e.is_connect() {
+                    "connection refused or unreachable".to_string()
+                } else {
+                    e.to_string()
+                })
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
         let reason = format!("peer answered {status}: {}", body.trim());
-        // 400/413: something in this batch is refused. Anything else (409 "not a peer", 5xx):
-        // the peer as a whole cannot take batches now.
+        // 400/413: something in this batch is refused. 409: the peer does not count us as the
+        // member we claim to be. Anything else (401, 5xx): the peer cannot take batches now.
         if status == reqwest::StatusCode::BAD_REQUEST || status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
             Err(ShipError::Refused(reason))
+        } else if status == reqwest::StatusCode::CONFLICT {
+            Err(ShipError::Membership(reason))
         } else {
             Err(ShipError::Unreachable(reason))
         }
@@ -259,6 +275,10 @@ impl Sender {
             };
             match shipped {
                 Ok(()) => {
+                    self.link.set_membership_refusal(None);
+                    if let PeerState::Mismatch = state {
+                        info!("replica {me} → replica {pid} ({addr}) accepts this replica's membership again");
+                    }
                     if let PeerState::Down { since, failures } = state {
                         info!(
                             "replica {me} → replica {pid} ({addr}) is reachable again after {:.1}s \
@@ -300,9 +320,24 @@ impl Sender {
                     );
                     refused.insert(key, Instant::now() + REFUSED_KEY_RETRY);
                 }
+                Err(ShipError::Membership(reason)) => {
+                    if !matches!(state, PeerState::Mismatch) {
+                        error!(
+                            "replica {me} → replica {pid} ({addr}): MEMBERSHIP MISMATCH, nothing is shipped to it: \
+                             {reason}; retrying every {MEMBERSHIP_RETRY:?}"
+                        );
+                    }
+                    self.link.set_membership_refusal(Some(reason));
+                    state = PeerState::Mismatch;
+                    tokio::select! {
+                        _ = tokio::time::sleep(MEMBERSHIP_RETRY) => {}
+                        _ = self.link.peer_up.notified() => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 Err(ShipError::Unreachable(reason)) => {
                     match &mut state {
-                        PeerState::Up => {
+                        PeerState::Up | PeerState::Mismatch => {
                             let depth = self.store.outbox_depth(pid).unwrap_or(batch.len() as u64);
                             warn!(
                                 "replica {me} → replica {pid} ({addr}) unreachable: {reason}; \
@@ -332,21 +367,31 @@ impl Sender {
 }
 
 /// Tells every peer this replica has (re)started, so their senders skip their backoff.
-/// Best effort: a peer that is down will announce itself when it comes back.
-pub async fn announce(me: ReplicaId, peers: Vec<Member>, http: reqwest::Client, key: Option<ClusterKey>) {
+/// Best effort: a peer that is down will announce itself when it comes back. A peer that
+/// refuses this replica's membership is logged as an error.
+pub async fn announce(peers: Vec<Member>, http: reqwest::Client, auth: PeerAuth) {
+    let me = auth.from();
     let mut calls = tokio::task::JoinSet::new();
     for peer in peers {
-        let (http, key) = (http.clone(), key.clone());
+        let (http, auth) = (http.clone(), auth.clone());
         calls.spawn(async move {
-            let url = format!("http://{}/peer/hello", peer.address());
             let body = crate::protocol::HelloRequest { from: me };
-            let ok = signed_post(&http, &url, &body, key.as_ref())
-                .timeout(CONNECT_TIMEOUT)
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            (peer.id, ok)
+            let sent =
+                signed_post(&http, &auth, &peer.address(), "/peer/hello", &body).timeout(CONNECT_TIMEOUT).send().await;
+            match sent {
+                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                    let text = r.text().await.unwrap_or_default();
+                    error!(
+                        "replica {me} → replica {} ({}): MEMBERSHIP MISMATCH: {}",
+                        peer.id,
+                        peer.address(),
+                        text.trim()
+                    );
+                    (peer.id, false)
+                }
+                Ok(r) => (peer.id, r.status().is_success()),
+                Err(_) => (peer.id, false),
+            }
         });
     }
     let mut reached = Vec::new();

@@ -23,6 +23,7 @@
 use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sha2::{Digest, Sha256};
@@ -72,6 +73,7 @@ pub struct Store {
     db: Database,
     dir: PathBuf,
     peers: Vec<ReplicaId>,
+    commits: AtomicU64,
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<SiblingSet> {
@@ -128,7 +130,23 @@ impl Store {
             }
         }
         txn.commit()?;
-        Ok(Store { db, dir: dir.to_path_buf(), peers: layout.peers().map(|m| m.id).collect() })
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+            peers: layout.peers().map(|m| m.id).collect(),
+            commits: AtomicU64::new(0),
+        })
+    }
+
+    fn commit(&self, txn: redb::WriteTransaction) -> Result<()> {
+        txn.commit()?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write transactions committed (each one fsync) since the store was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// True while this store was created empty and has not yet completed recovery from the
@@ -143,7 +161,7 @@ impl Store {
     pub fn mark_recovered(&self) -> Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(META)?.insert(RECOVERED, "yes")?;
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(())
     }
 
@@ -185,37 +203,62 @@ impl Store {
             }
             answer
         };
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(answer)
     }
 
-    /// Merges a peer's batch, all-or-nothing: every version of every entry is merged in one
-    /// transaction, which commits only if all succeed. Returns one record per incoming version.
-    pub fn merge_remote(&self, entries: &[(String, Vec<Version>)]) -> Result<Vec<MergeRecord>> {
+    /// Merges a peer's batch: every version of every entry is merged in one transaction, which
+    /// commits only if something changed. `check` vets each incoming version against the key's
+    /// set before it is merged; an entry with a refused version is either skipped whole (with
+    /// `skip_refused`, returned with the reason) or fails the whole batch (nothing is applied).
+    /// Returns one record per merged version, and the skipped keys.
+    pub fn merge_remote(
+        &self,
+        entries: &[(String, Vec<Version>)],
+        check: impl Fn(&str, &SiblingSet, &Version) -> std::result::Result<(), String>,
+        skip_refused: bool,
+    ) -> Result<(Vec<MergeRecord>, Vec<(String, String)>)> {
         let txn = self.db.begin_write()?;
         let mut records = Vec::new();
+        let mut skipped = Vec::new();
+        let mut any_change = false;
         {
             let mut keys = txn.open_table(KEYS)?;
-            for (key, versions) in entries {
+            'entries: for (key, versions) in entries {
                 let mut set = match keys.get(key.as_str())? {
                     Some(bytes) => decode(key, bytes.value())?,
                     None => SiblingSet::new(),
                 };
                 let mut changed = false;
+                let mut merged = Vec::with_capacity(versions.len());
                 for v in versions {
+                    if let Err(reason) = check(key, &set, v) {
+                        if skip_refused {
+                            skipped.push((key.clone(), reason));
+                            continue 'entries;
+                        }
+                        return Err(Error::InvalidInput(reason));
+                    }
                     let local = set.versions().iter().map(|l| l.clock.clone()).collect();
                     let received = v.clock.clone();
                     let outcome = set.merge(v.clone());
                     changed |= outcome.changed();
-                    records.push(MergeRecord { key: key.clone(), local, received, outcome });
+                    merged.push(MergeRecord { key: key.clone(), local, received, outcome });
                 }
+                records.append(&mut merged);
                 if changed {
                     keys.insert(key.as_str(), encode(&set).as_slice())?;
+                    any_change = true;
                 }
             }
         }
-        txn.commit()?;
-        Ok(records)
+        if any_change {
+            self.commit(txn)?;
+        } else {
+            // Nothing changed: no commit, no fsync (a re-shipped batch costs a read only).
+            txn.abort()?;
+        }
+        Ok((records, skipped))
     }
 
     /// Up to `max_keys` keys owed to `peer`, stopping once their encoded sets pass `max_bytes`
@@ -279,7 +322,7 @@ impl Store {
                 }
             }
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(cleared)
     }
 
@@ -362,7 +405,7 @@ impl Store {
             outbox.retain(|_, _| false)?;
             n
         };
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(cleared)
     }
 }
@@ -382,6 +425,10 @@ mod tests {
         let all = [7000u16, 7001, 7002];
         let peers: Vec<u16> = all.iter().copied().filter(|p| *p != port).collect();
         Layout::from_flags("127.0.0.1", port, 3, &vec!["127.0.0.1".into(); 2], &peers).unwrap()
+    }
+
+    fn no_check(_: &str, _: &SiblingSet, _: &Version) -> std::result::Result<(), String> {
+        Ok(())
     }
 
     fn put(store: &Store, key: &str, value: &str) -> VectorClock {
@@ -464,10 +511,10 @@ mod tests {
         let vc = |c: &[u64]| VectorClock::from(c.to_vec());
         let entries: Vec<(String, Vec<Version>)> =
             (0..50).map(|i| (format!("k{i}"), vec![Version::value("v", vc(&[1, 0, 0]))])).collect();
-        a.merge_remote(&entries).unwrap();
-        b.merge_remote(&entries.iter().rev().cloned().collect::<Vec<_>>()).unwrap();
+        a.merge_remote(&entries, no_check, false).unwrap();
+        b.merge_remote(&entries.iter().rev().cloned().collect::<Vec<_>>(), no_check, false).unwrap();
         assert_eq!(a.range_digests(16).unwrap(), b.range_digests(16).unwrap(), "order does not matter");
-        b.merge_remote(&[("k7".into(), vec![Version::value("w", vc(&[0, 1, 0]))])]).unwrap();
+        b.merge_remote(&[("k7".into(), vec![Version::value("w", vc(&[0, 1, 0]))])], no_check, false).unwrap();
         let (da, db) = (a.range_digests(16).unwrap(), b.range_digests(16).unwrap());
         let differing: HashSet<usize> = (0..16).filter(|&i| da[i] != db[i]).collect();
         assert_eq!(differing, HashSet::from([range_of("k7", 16)]));
@@ -514,13 +561,17 @@ mod tests {
         let store = Store::open(dir.path(), &layout(7000)).unwrap();
         put(&store, "k", "local"); // [1, 0, 0]
         let vc = |c: &[u64]| VectorClock::from(c.to_vec());
-        let records = store
-            .merge_remote(&[
-                ("k".into(), vec![Version::value("newer", vc(&[2, 0, 0]))]),
-                ("k".into(), vec![Version::value("old", vc(&[1, 0, 0]))]),
-                ("k".into(), vec![Version::value("other", vc(&[0, 1, 0]))]),
-                ("fresh".into(), vec![Version::value("x", vc(&[0, 0, 1]))]),
-            ])
+        let (records, _) = store
+            .merge_remote(
+                &[
+                    ("k".into(), vec![Version::value("newer", vc(&[2, 0, 0]))]),
+                    ("k".into(), vec![Version::value("old", vc(&[1, 0, 0]))]),
+                    ("k".into(), vec![Version::value("other", vc(&[0, 1, 0]))]),
+                    ("fresh".into(), vec![Version::value("x", vc(&[0, 0, 1]))]),
+                ],
+                no_check,
+                false,
+            )
             .unwrap();
         let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
         assert_eq!(
@@ -535,6 +586,34 @@ mod tests {
         assert_eq!(records[0].local, vec![vc(&[1, 0, 0])]);
         assert_eq!(store.get("k").unwrap().len(), 2);
         assert_eq!(store.outbox_depth(2).unwrap(), 1, "merges do not queue anything");
+    }
+
+    #[test]
+    fn a_merge_that_changes_nothing_commits_nothing_and_refused_entries_apply_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        let vc = |c: &[u64]| VectorClock::from(c.to_vec());
+        let batch = vec![("k".to_string(), vec![Version::value("v", vc(&[0, 1, 0]))])];
+        let before = store.commits();
+        store.merge_remote(&batch, no_check, false).unwrap();
+        assert_eq!(store.commits(), before + 1);
+        let (records, _) = store.merge_remote(&batch, no_check, false).unwrap();
+        assert_eq!(records[0].outcome, MergeOutcome::Stale);
+        assert_eq!(store.commits(), before + 1, "the same batch again: no commit");
+        let refuse_x =
+            |k: &str, _: &SiblingSet, _: &Version| if k == "x" { Err(format!("{k} refused")) } else { Ok(()) };
+        let mixed = vec![
+            ("a".to_string(), vec![Version::value("a", vc(&[0, 0, 1]))]),
+            ("x".to_string(), vec![Version::value("x", vc(&[0, 0, 1]))]),
+        ];
+        let err = store.merge_remote(&mixed, refuse_x, false).unwrap_err();
+        assert!(err.to_string().contains("x refused"), "{err}");
+        assert!(store.get("a").unwrap().is_empty(), "all or nothing");
+        let (records, skipped) = store.merge_remote(&mixed, refuse_x, true).unwrap();
+        assert_eq!(skipped, vec![("x".to_string(), "x refused".to_string())]);
+        assert_eq!(records.len(), 1);
+        assert_eq!(store.get("a").unwrap().len(), 1);
+        assert!(store.get("x").unwrap().is_empty());
     }
 
     #[test]

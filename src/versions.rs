@@ -73,6 +73,13 @@
 //! Two versions with the same clock but different values cannot arise in a correct cluster (a
 //! replica never reissues a counter). Should it happen anyway, merge keeps the larger payload so
 //! that every replica still picks the same one and the laws above hold unconditionally.
+//!
+//! A replica does not let it happen silently, though: before merging a peer's version it asks
+//! [`SiblingSet::check_incoming`], which refuses a version that reuses a local clock with another
+//! payload, or that claims the replica's *own* clock position with a counter it never issued for
+//! the key (its local join is the highest it issued: a replica's own versions only ever leave its
+//! set for versions that dominate them). Either means two members took the same position — a
+//! member-list mismatch, or a data dir reused — and merging would drop one acknowledged write.
 
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +154,20 @@ pub enum WriteRefusal {
     ContextAhead,
     /// The new clock would pass [`MAX_COUNTER`] (only a hostile context gets there). (400)
     CounterLimit,
+}
+
+/// Why a replica refuses to merge a peer's version: it proves a clock counter was issued twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Suspect {
+    /// The version's counter at the receiver's own position is above any it issued for the key.
+    NotIssued {
+        /// The counter the version claims.
+        counter: u64,
+        /// The highest counter the receiver holds (so issued) at its position for the key.
+        issued: u64,
+    },
+    /// A local version has the same clock and another payload.
+    ClockReused,
 }
 
 /// What merging one incoming version did to a set — the decision a replica logs.
@@ -266,6 +287,24 @@ impl SiblingSet {
             .ok_or(WriteRefusal::CounterLimit)
     }
 
+    /// Checks a peer's version before it is merged (see "Equal clocks" in the module docs).
+    /// `own` is the receiver's clock position, or `None` while it recovers its own past versions
+    /// from the peers (then they legitimately carry counters it no longer holds).
+    pub fn check_incoming(&self, incoming: &Version, own: Option<usize>) -> Result<(), Suspect> {
+        if self.versions.iter().any(|v| v.clock == incoming.clock && v.value != incoming.value) {
+            return Err(Suspect::ClockReused);
+        }
+        if let Some(p) = own {
+            let counter = incoming.clock.counters().get(p).copied().unwrap_or(0);
+            let issued = self.versions.iter().map(|v| v.clock.counters().get(p).copied().unwrap_or(0)).max();
+            let issued = issued.unwrap_or(0);
+            if counter > issued {
+                return Err(Suspect::NotIssued { counter, issued });
+            }
+        }
+        Ok(())
+    }
+
     /// Merges one incoming version (see the module docs for the rule) and says what happened.
     pub fn merge(&mut self, incoming: Version) -> MergeOutcome {
         let mut equal_index = None;
@@ -320,6 +359,29 @@ mod tests {
 
     fn val(v: &str, c: &[u64]) -> Version {
         Version::value(v, vc(c))
+    }
+
+    #[test]
+    fn incoming_versions_that_reuse_a_counter_are_suspect() {
+        let set = SiblingSet::from_versions([val("mine", &[0, 2, 0]), val("theirs", &[1, 0, 0])]);
+        assert_eq!(set.check_incoming(&val("mine", &[0, 2, 0]), Some(1)), Ok(()), "a duplicate is fine");
+        assert_eq!(set.check_incoming(&val("other", &[0, 2, 0]), Some(1)), Err(Suspect::ClockReused));
+        assert_eq!(set.check_incoming(&val("other", &[1, 0, 0]), None), Err(Suspect::ClockReused));
+        assert_eq!(set.check_incoming(&val("x", &[1, 2, 5]), Some(1)), Ok(()), "others' counters are theirs");
+        assert_eq!(
+            set.check_incoming(&val("x", &[0, 3, 0]), Some(1)),
+            Err(Suspect::NotIssued { counter: 3, issued: 2 }),
+            "position 1 issued at most 2 here"
+        );
+        assert_eq!(set.check_incoming(&val("x", &[0, 3, 0]), None), Ok(()), "recovering: no claim on counters");
+        let empty = SiblingSet::new();
+        assert_eq!(
+            empty.check_incoming(&val("x", &[0, 0, 1]), Some(2)),
+            Err(Suspect::NotIssued { counter: 1, issued: 0 })
+        );
+        assert_eq!(empty.check_incoming(&val("x", &[0, 0, 1]), Some(1)), Ok(()));
+        let deleted = SiblingSet::single(Version::tombstone(vc(&[0, 4, 0])));
+        assert_eq!(deleted.check_incoming(&val("x", &[0, 4, 1]), Some(1)), Ok(()), "tombstones count as issued");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use vkv::api::app;
-use vkv::auth::{ClusterKey, SIGNATURE_HEADER};
+use vkv::auth::{ClusterKey, PeerAuth, AUTH_HEADER, CLUSTER_HEADER, SIGNATURE_HEADER};
 use vkv::cluster::Layout;
 use vkv::replica::{Config, Replica};
 
@@ -47,11 +47,20 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    /// Calls the app; peer routes are signed with the cluster key, as a peer would.
+    /// Calls the app; peer routes are signed with the cluster key by the replica the body's
+    /// `from` names (2 if none), as a peer would.
     async fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
         let peer_route = uri == "/replicate" || uri.starts_with("/peer/");
-        let signature = peer_route.then(|| ClusterKey::new(KEY).unwrap().sign(body.unwrap_or("").as_bytes()));
-        self.call_with(method, uri, body, signature).await
+        let headers = if peer_route { self.peer_headers(uri, body.unwrap_or(""), Some(KEY)) } else { Vec::new() };
+        self.call_with(method, uri, body, headers).await
+    }
+
+    /// The headers replica `from` (the body's, or 2) of this cluster sends with `body` to `path`,
+    /// signed with `key` (`None`: an insecure cluster's).
+    fn peer_headers(&self, path: &str, body: &str, key: Option<&str>) -> Vec<(&'static str, String)> {
+        let from = serde_json::from_str::<Value>(body).ok().and_then(|v| v["from"].as_u64()).unwrap_or(2) as u32;
+        let key = key.map(|k| ClusterKey::new(k).unwrap());
+        PeerAuth::with_parts(from, self.replica.cluster_id(), key).headers(path, body.as_bytes())
     }
 
     async fn call_with(
@@ -59,11 +68,14 @@ impl Fixture {
         method: &str,
         uri: &str,
         body: Option<&str>,
-        signature: Option<String>,
+        headers: Vec<(&'static str, String)>,
     ) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(uri);
-        if let Some(sig) = signature {
-            request = request.header(SIGNATURE_HEADER, sig);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = body {
+            request = request.header("content-length", body.len());
         }
         let request = request
             .header("content-type", "application/json")
@@ -167,23 +179,35 @@ async fn a_value_at_the_limit_fits_even_fully_escaped() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-/// Peer routes need the cluster's signature: none, a wrong one, or one from another key → 401,
-/// nothing applied. Client routes stay open.
+fn replace(headers: &[(&'static str, String)], name: &'static str, value: &str) -> Vec<(&'static str, String)> {
+    let mut out: Vec<_> = headers.iter().filter(|(k, _)| *k != name).cloned().collect();
+    out.push((name, value.to_string()));
+    out
+}
+
+/// Peer routes need the cluster's signature over the head and the body: none, a wrong one, one
+/// from another key, or a body other than the one signed → 401, nothing applied. Client routes
+/// stay open.
 #[tokio::test]
 async fn peer_routes_require_the_cluster_signature() {
     let f = fixture();
     let body = batch(2, json!([{"key": "k", "versions": [{"value": "v", "clock": [0, 1, 0]}]}]));
-    let forged = ClusterKey::new("some-other-cluster-key").unwrap().sign(body.as_bytes());
-    let tampered = ClusterKey::new(KEY).unwrap().sign(b"{}");
-    for (sig, needle) in [
-        (None, "x-vkv-signature"),
-        (Some(forged), "bad peer signature"),
-        (Some(tampered), "bad peer signature"),
-        (Some("zz".into()), "bad peer signature"),
+    let signed = f.peer_headers("/replicate", &body, Some(KEY));
+    let other_body = body.replace("\"v\"", "\"w\"");
+    let for_other_body = f.peer_headers("/replicate", &other_body, Some(KEY));
+    let body_sig = &for_other_body.iter().find(|(k, _)| *k == SIGNATURE_HEADER).unwrap().1;
+    for (headers, needle) in [
+        (Vec::new(), "x-vkv-from"),
+        (f.peer_headers("/replicate", &body, None), "signed with the cluster key"),
+        (f.peer_headers("/replicate", &body, Some("some-other-cluster-key")), "bad peer signature"),
+        (replace(&signed, AUTH_HEADER, "zz"), "bad peer signature"),
+        (replace(&signed, SIGNATURE_HEADER, body_sig), "body signature"),
+        (f.peer_headers("/peer/hello", &body, Some(KEY)), "bad peer signature"),
     ] {
-        let (status, resp) = f.call_with("POST", "/replicate", Some(&body), sig).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{resp}");
-        assert!(resp["error"].as_str().unwrap().contains(needle), "{resp}");
+        let (status, resp) = f.call_with("POST", "/replicate", Some(&body), headers.clone()).await;
+        let expected = if needle == "x-vkv-from" { StatusCode::BAD_REQUEST } else { StatusCode::UNAUTHORIZED };
+        assert_eq!(status, expected, "{headers:?}: {resp}");
+        assert!(resp["error"].as_str().unwrap().contains(needle), "{needle}: {resp}");
     }
     for (route, body) in [
         ("/peer/hello", r#"{"from": 2}"#),
@@ -191,7 +215,8 @@ async fn peer_routes_require_the_cluster_signature() {
         ("/peer/entries", r#"{"from": 2, "of": 64, "ranges": [0, 1], "limit": 10}"#),
         ("/peer/read", r#"{"from": 2, "key": "k"}"#),
     ] {
-        let (status, resp) = f.call_with("POST", route, Some(body), None).await;
+        let unsigned = f.peer_headers(route, body, None);
+        let (status, resp) = f.call_with("POST", route, Some(body), unsigned).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{route}: {resp}");
         let (status, resp) = f.call("POST", route, Some(body)).await;
         assert!(status.is_success(), "{route} signed: {status} {resp}");
@@ -201,13 +226,81 @@ async fn peer_routes_require_the_cluster_signature() {
     assert_eq!(status, StatusCode::OK, "correctly signed");
 }
 
+/// The signed sender id must be the body's, and a head signed long ago is refused.
+#[tokio::test]
+async fn peer_heads_bind_the_sender_and_the_time() {
+    let f = fixture();
+    let body = batch(2, json!([{"key": "k", "versions": [{"value": "v", "clock": [0, 1, 0]}]}]));
+    let as_three = PeerAuth::with_parts(3, f.replica.cluster_id(), Some(ClusterKey::new(KEY).unwrap()))
+        .headers("/replicate", body.as_bytes());
+    let (status, resp) = f.call_with("POST", "/replicate", Some(&body), as_three).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(resp["error"].as_str().unwrap().contains("header says 3"), "{resp}");
+    let old = PeerAuth::with_parts(2, f.replica.cluster_id(), Some(ClusterKey::new(KEY).unwrap())).headers_at(
+        "/replicate",
+        body.as_bytes(),
+        1_000_000,
+        "00",
+    );
+    let (status, resp) = f.call_with("POST", "/replicate", Some(&body), old).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{resp}");
+    assert!(resp["error"].as_str().unwrap().contains("NTP"), "{resp}");
+    assert_eq!(f.get("k").await.0, StatusCode::NOT_FOUND, "nothing applied");
+}
+
+/// A peer with another member list (another cluster id) is refused with 409, even with the
+/// right key, and nothing it sends is applied; `/health` tells the cluster id.
+#[tokio::test]
+async fn a_peer_of_another_membership_is_refused() {
+    let f = fixture();
+    let (status, health) = f.call("GET", "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["cluster"].as_str(), Some(f.replica.cluster_id()));
+    let body = batch(2, json!([{"key": "k", "versions": [{"value": "v", "clock": [0, 1, 0]}]}]));
+    let headers = PeerAuth::with_parts(2, "0123456789abcdef", Some(ClusterKey::new(KEY).unwrap()))
+        .headers("/replicate", body.as_bytes());
+    assert!(headers.iter().any(|(k, v)| *k == CLUSTER_HEADER && v == "0123456789abcdef"));
+    let (status, resp) = f.call_with("POST", "/replicate", Some(&body), headers).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{resp}");
+    let error = resp["error"].as_str().unwrap();
+    assert!(error.contains("MEMBERSHIP MISMATCH") && error.contains(f.replica.cluster_id()), "{resp}");
+    assert_eq!(f.get("k").await.0, StatusCode::NOT_FOUND, "nothing applied");
+}
+
+/// A version claiming this replica's clock position with a counter it never issued for the key,
+/// or reusing one of its clocks with another value, is refused (400, nothing of the batch
+/// applied): two members share a position, and merging would drop an acknowledged write.
+#[tokio::test]
+async fn versions_claiming_counters_this_replica_never_issued_are_refused() {
+    let f = fixture();
+    let (status, _) = f.put("mine", json!({"value": "ours"})).await; // [1, 0, 0]
+    assert_eq!(status, StatusCode::OK);
+    let other = json!({"key": "other", "versions": [{"value": "v", "clock": [0, 1, 0]}]});
+    for (entry, needle) in [
+        (json!({"key": "mine", "versions": [{"value": "theirs", "clock": [1, 0, 0]}]}), "issued twice"),
+        (json!({"key": "mine", "versions": [{"value": "theirs", "clock": [2, 0, 0]}]}), "issued at most 1"),
+        (json!({"key": "new", "versions": [{"value": "theirs", "clock": [1, 0, 0]}]}), "issued at most 0"),
+    ] {
+        let body = batch(2, json!([other.clone(), entry]));
+        let (status, resp) = f.call("POST", "/replicate", Some(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+        assert!(resp["error"].as_str().unwrap().contains(needle), "{needle}: {resp}");
+        assert_eq!(f.get("other").await.0, StatusCode::NOT_FOUND, "nothing of the batch applied");
+    }
+    let (_, read) = f.get("mine").await;
+    assert_eq!(read["versions"], json!([{"value": "ours", "clock": [1, 0, 0]}]));
+    let body = batch(2, json!([{"key": "mine", "versions": [{"value": "ours", "clock": [1, 0, 0]}]}]));
+    assert_eq!(f.call("POST", "/replicate", Some(&body)).await.0, StatusCode::OK, "a duplicate is fine");
+}
+
 /// An unsigned peer request is refused before its body is read: even a body over the size limit
 /// gets 401, not 413.
 #[tokio::test]
 async fn unsigned_peer_requests_are_refused_before_the_body_is_read() {
     let f = fixture();
     let huge = "x".repeat(vkv::protocol::MAX_REPLICATE_BODY_BYTES + 1024);
-    let (status, body) = f.call_with("POST", "/replicate", Some(&huge), None).await;
+    let headers = f.peer_headers("/replicate", "", None);
+    let (status, body) = f.call_with("POST", "/replicate", Some(&huge), headers).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 }
 
@@ -215,7 +308,8 @@ async fn unsigned_peer_requests_are_refused_before_the_body_is_read() {
 async fn an_insecure_replica_accepts_unsigned_peers() {
     let f = fixture_with(1024, None);
     let body = batch(2, json!([{"key": "k", "versions": [{"value": "v", "clock": [0, 1, 0]}]}]));
-    let (status, resp) = f.call_with("POST", "/replicate", Some(&body), None).await;
+    let headers = f.peer_headers("/replicate", &body, None);
+    let (status, resp) = f.call_with("POST", "/replicate", Some(&body), headers).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
 }
 
@@ -249,16 +343,27 @@ async fn a_recovering_replica_refuses_writes_but_serves_reads() {
 }
 
 /// A key whose counter at this replica's position already sits at the limit (a forged context
-/// written elsewhere, replicated here) cannot be written here: 400, rather than a clock every peer
-/// would refuse.
+/// written elsewhere, pulled back while this replica recovered) cannot be written here: 400,
+/// rather than a clock every peer would refuse.
 #[tokio::test]
 async fn a_write_cannot_mint_a_counter_past_the_limit() {
-    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
+    let config = Config {
+        layout,
+        data_dir: dir.path().join("data"),
+        max_value_bytes: 1024,
+        cluster_key: Some(ClusterKey::new(KEY).unwrap()),
+        anti_entropy: None,
+        skip_recovery: false,
+        peer_source: None,
+    };
+    let f = Fixture { replica: Replica::open(config).unwrap(), _dir: dir };
     let body = batch(2, json!([{"key": "p", "versions": [{"value": "x", "clock": [9007199254740992u64, 1, 0]}]}]));
     let (status, resp) = f.call("POST", "/replicate", Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
+    f.replica.finish_recovery().await.unwrap();
     f.expect_error("PUT", "/kv/p", Some(r#"{"value": "y"}"#), StatusCode::BAD_REQUEST, "counter limit").await;
-    assert_eq!(f.get("p").await.1["versions"][0]["value"], "x", "nothing written");
 }
 
 /// `?w=K` that cannot be met (the peers of this fixture never answer) is a 503 that says the
@@ -453,7 +558,8 @@ async fn bad_replication_batches_apply_nothing() {
 async fn health_status_and_hello() {
     let f = fixture();
     let (status, body) = f.call("GET", "/health", None).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let cluster = f.replica.cluster_id();
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok", "replica": 1, "cluster": cluster})));
     f.put("a", json!({"value": "1"})).await;
     f.put("b", json!({"value": "1"})).await;
     f.put("a", json!({"value": "2"})).await;
@@ -463,7 +569,12 @@ async fn health_status_and_hello() {
     assert_eq!(body["n"], 3);
     assert_eq!(body["keys"], 2);
     assert_eq!(body["members"][2], json!({"id": 3, "host": "127.0.0.1", "port": 3}));
-    assert_eq!(body["peers"][0], json!({"id": 2, "address": "127.0.0.1:2", "outbox_depth": 2, "reachable": false}));
+    assert_eq!(body["cluster"], cluster);
+    assert_eq!(
+        body["peers"][0],
+        json!({"id": 2, "address": "127.0.0.1:2", "outbox_depth": 2, "reachable": false, "cluster": null,
+               "same_cluster": null})
+    );
     let (status, _) = f.call("POST", "/peer/hello", Some(r#"{"from": 2}"#)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     f.expect_error("POST", "/peer/hello", Some(r#"{"from": 1}"#), StatusCode::CONFLICT, "not a peer").await;

@@ -269,18 +269,18 @@ async fn too_many_siblings_are_warned_about() {
     let t = TestCluster::start().await;
     let key_text = std::fs::read_to_string(t._root.path().join("cluster.key")).unwrap();
     let key = vkv::auth::ClusterKey::new(&key_text).unwrap();
-    // [i, 26 - i, 0, 0, 0] for i in 0..=26: no two are ordered.
+    // [0, i, 26 - i, 0, 0] for i in 0..=26: no two are ordered (and none claims a counter at
+    // replica 1's own position, which replica 1 would refuse as one it never issued).
     let versions: Vec<serde_json::Value> =
-        (0..=26u64).map(|i| serde_json::json!({"value": format!("v{i}"), "clock": [i, 26 - i, 0, 0, 0]})).collect();
+        (0..=26u64).map(|i| serde_json::json!({"value": format!("v{i}"), "clock": [0, i, 26 - i, 0, 0]})).collect();
     let body =
         serde_json::to_vec(&serde_json::json!({"from": 2, "entries": [{"key": "hot", "versions": versions}]})).unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/replicate", t.cluster.address(1)))
-        .header(vkv::auth::SIGNATURE_HEADER, key.sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let cluster = vkv::auth::cluster_id(&t.cluster.layout(1));
+    let mut request = reqwest::Client::new().post(format!("http://{}/replicate", t.cluster.address(1)));
+    for (name, value) in vkv::auth::PeerAuth::with_parts(2, cluster, Some(key)).headers("/replicate", &body) {
+        request = request.header(name, value);
+    }
+    let response = request.body(body).send().await.unwrap();
     assert!(response.status().is_success(), "{}", response.text().await.unwrap());
     assert_eq!(t.read(1, "hot").await.unwrap().versions.len(), 27);
     let log = std::fs::read_to_string(t.cluster.log_path(1)).unwrap();

@@ -14,7 +14,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tower::ServiceExt;
 
 use vkv::api::app;
-use vkv::auth::{ClusterKey, SIGNATURE_HEADER};
+use vkv::auth::{ClusterKey, PeerAuth};
 use vkv::cluster::Layout;
 use vkv::replica::{Config as ReplicaConfig, Replica};
 
@@ -96,8 +96,14 @@ fn random_requests_never_panic_5xx_or_half_apply() {
             let before = replica.range_digests(64).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut request = Request::builder().method(method).uri(&uri);
             if signed {
-                request = request.header(SIGNATURE_HEADER, key.sign(&body));
+                let path = uri.split('?').next().unwrap_or("");
+                for (name, value) in
+                    PeerAuth::with_parts(2, replica.cluster_id(), Some(key.clone())).headers(path, &body)
+                {
+                    request = request.header(name, value);
+                }
             }
+            request = request.header("content-length", body.len());
             let Ok(request) = request.body(Body::from(body.clone())) else {
                 return Ok(()); // not even a valid HTTP request line: nothing to send
             };

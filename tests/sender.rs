@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
-use vkv::auth::{ClusterKey, SIGNATURE_HEADER};
+use vkv::auth::{check_body, check_head, ClusterKey, PeerAuth, SIGNATURE_HEADER};
 use vkv::clock::VectorClock;
 use vkv::cluster::Layout;
 use vkv::protocol::ReplicateRequest;
@@ -32,8 +32,11 @@ async fn fake_peer(refuse: &'static str) -> (u16, Arc<Mutex<BTreeSet<String>>>) 
         post(move |headers: HeaderMap, body: Bytes| {
             let seen = seen.clone();
             async move {
-                let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-                if !ClusterKey::new(KEY).unwrap().verify(&body, sig) {
+                let key = ClusterKey::new(KEY).unwrap();
+                let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                let head = check_head(Some(&key), "POST", "/replicate", Some(body.len() as u64), get);
+                let signed = head.is_ok_and(|h| check_body(&key, &h, &body, get(SIGNATURE_HEADER).unwrap_or("")));
+                if !signed {
                     return (StatusCode::UNAUTHORIZED, Json(json!({"error": "unsigned"})));
                 }
                 let req: ReplicateRequest = serde_json::from_slice(&body).unwrap();
@@ -66,8 +69,8 @@ fn start_sender(peer_port: u16) -> Fixture {
     let store = Arc::new(Store::open(dir.path(), &layout).unwrap());
     let link = Arc::new(PeerLink::new(layout.member(2).unwrap().clone()));
     let (stop, stop_rx) = watch::channel(false);
-    let key = Some(ClusterKey::new(KEY).unwrap());
-    tokio::spawn(Sender::new(1, store.clone(), link.clone(), peer_http_client(None), key).run(stop_rx));
+    let auth = PeerAuth::new(&layout, Some(ClusterKey::new(KEY).unwrap()));
+    tokio::spawn(Sender::new(auth, store.clone(), link.clone(), peer_http_client(None)).run(stop_rx));
     Fixture { store, link, stop, _dir: dir }
 }
 

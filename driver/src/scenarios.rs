@@ -420,7 +420,7 @@ pub async fn anti_entropy(ctx: &mut Ctx, keys: usize) -> Result<(), String> {
     let clock = vc(&[1], n);
     let entries: Vec<(String, Vec<Version>)> =
         (0..keys).map(|i| (format!("ae-{i}"), vec![Version::value(format!("value-{i}"), clock.clone())])).collect();
-    store.merge_remote(&entries).map_err(|e| e.to_string())?;
+    store.merge_remote(&entries, |_, _, _| Ok(()), false).map_err(|e| e.to_string())?;
     drop(store);
     say!("   {keys} keys written into replica 1's store with clock {clock}, no outbox marks");
     ctx.start(1).await?;

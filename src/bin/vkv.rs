@@ -127,14 +127,24 @@ fn show_write(w: &WriteResponse, what: &str) {
 }
 
 fn show_status(s: &StatusResponse) {
-    println!("replica {} of {} · {} key(s)", s.replica, s.n, s.keys);
+    println!("replica {} of {} · cluster {} · {} key(s)", s.replica, s.n, s.cluster, s.keys);
     for m in &s.members {
         let me = if m.id == s.replica { "  (this replica)" } else { "" };
         println!("  member {}: {}{me}", m.id, m.address());
     }
     for p in &s.peers {
+        let membership = match (p.same_cluster, &p.cluster) {
+            (Some(false), Some(theirs)) if theirs != &s.cluster => {
+                format!(" · MEMBERSHIP MISMATCH: its cluster is {theirs}, ours {}", s.cluster)
+            }
+            (Some(false), _) => format!(
+                " · MEMBERSHIP MISMATCH: it refuses this replica ({})",
+                p.membership_refusal.as_deref().unwrap_or("no reason given")
+            ),
+            _ => String::new(),
+        };
         println!(
-            "  peer {} {}: {} · outbox {} key(s)",
+            "  peer {} {}: {} · outbox {} key(s){membership}",
             p.id,
             p.address,
             if p.reachable { "reachable" } else { "UNREACHABLE" },
