@@ -32,7 +32,7 @@ use crate::protocol::{
     MAX_KEY_BYTES, MAX_VERSIONS_PER_ENTRY,
 };
 use crate::replication::{announce, on_store, peer_http_client, signed_post, PeerLink, Sender};
-use crate::store::{MergeRecord, Store};
+use crate::store::{MergeRecord, Refused, Store};
 use crate::versions::{MergeOutcome, SiblingSet, Suspect, Version, WriteRefusal};
 
 /// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
@@ -419,7 +419,7 @@ impl Replica {
         from: ReplicaId,
         entries: &[(String, Vec<Version>)],
         skip_refused: bool,
-    ) -> Result<(Vec<MergeRecord>, usize, Vec<(String, String)>)> {
+    ) -> Result<(Vec<MergeRecord>, usize, Refused)> {
         let incoming = entries.to_vec();
         // While recovering, this replica pulls its own past versions back: they carry counters
         // at its position that its empty store no longer holds.

@@ -68,6 +68,9 @@ pub struct MergeRecord {
     pub outcome: MergeOutcome,
 }
 
+/// Keys whose entry a merge's check refused, each with the reason.
+pub type Refused = Vec<(String, String)>;
+
 /// A replica's durable store.
 pub struct Store {
     db: Database,
@@ -217,7 +220,7 @@ impl Store {
         entries: &[(String, Vec<Version>)],
         check: impl Fn(&str, &SiblingSet, &Version) -> std::result::Result<(), String>,
         skip_refused: bool,
-    ) -> Result<(Vec<MergeRecord>, Vec<(String, String)>)> {
+    ) -> Result<(Vec<MergeRecord>, Refused)> {
         let txn = self.db.begin_write()?;
         let mut records = Vec::new();
         let mut skipped = Vec::new();
