@@ -53,6 +53,7 @@ impl IntoResponse for AppError {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Conflict(_) | Error::StaleContext { .. } => StatusCode::CONFLICT,
             Error::Unavailable(_) | Error::QuorumNotMet { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,6 +73,8 @@ fn from_body(rejection: BytesRejection) -> AppError {
     let text = rejection.body_text();
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         AppError(Error::TooLarge(format!("request body too large: {text}")))
+    } else if text.contains(crate::server::BODY_TIMEOUT_MESSAGE) {
+        AppError(Error::TimedOut(format!("cannot read request body: {text}")))
     } else {
         AppError(Error::InvalidInput(format!("cannot read request body: {text}")))
     }

@@ -18,6 +18,9 @@ pub enum Error {
     /// A peer-only request without a valid cluster signature. (401)
     #[error("{0}")]
     Unauthorized(String),
+    /// The client did not send its request (its body) in time. (408)
+    #[error("{0}")]
+    TimedOut(String),
     /// The request conflicts with the replica's identity (e.g. a batch from a non-member). (409)
     #[error("{0}")]
     Conflict(String),

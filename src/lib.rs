@@ -13,6 +13,7 @@
 //! Dependencies point down only.
 //!
 //! ```text
+//!   server       connections: header/idle/body timeouts, connection cap, bounded shutdown
 //!   api          HTTP edge: axum routes, JSON errors (server side)
 //!   auth         peer authentication: HMAC-SHA256 of each peer request under the cluster key
 //!   client       typed reqwest client (CLI, driver, tests)
@@ -53,6 +54,7 @@ pub mod protocol;
 pub mod quorum;
 pub mod replica;
 pub mod replication;
+pub mod server;
 pub mod store;
 pub mod versions;
 

@@ -150,7 +150,9 @@ pub fn peer_http_client(source: Option<std::net::IpAddr>) -> reqwest::Client {
         .hickory_dns(true)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REPLICATE_TIMEOUT)
-        .pool_idle_timeout(Duration::from_secs(30))
+        // Shorter than a replica's idle timeout (--idle-timeout-secs, 30 s by default), so a
+        // pooled connection is dropped here before the peer closes it.
+        .pool_idle_timeout(Duration::from_secs(10))
         .build()
         .expect("a plain HTTP client always builds")
 }

@@ -22,6 +22,7 @@ use vkv::protocol::{DEFAULT_MAX_VALUE_BYTES, MAX_REPLICATE_BODY_BYTES, MAX_VALUE
 /// both sides, so much shorter periods keep idle replicas busy.
 const MIN_ANTI_ENTROPY_SECS: f64 = 0.1;
 use vkv::replica::{Config, Replica};
+use vkv::server::{connection_cap, Limits};
 
 /// One replica of a vkv cluster. Peers are the *other* replicas: N = 1 + number of peers.
 #[derive(Parser, Debug)]
@@ -73,6 +74,21 @@ struct Args {
     /// Most keys one anti-entropy round pulls (the bandwidth bound; big repairs take more rounds).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     anti_entropy_max_keys: u64,
+    /// Seconds a client has to send a request's head, from connecting or from the previous
+    /// response on a kept-alive connection (so also how long an idle connection stays open).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    idle_timeout_secs: u64,
+    /// Seconds a client has to send a request's body, from its head (in total).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout_secs: u64,
+    /// Most client and peer connections open at once; past it, a new connection evicts the one
+    /// idle the longest. Lowered to the open-files limit (ulimit -n) minus 64 if that is smaller.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// Seconds requests in flight get to finish at shutdown (SIGTERM, ctrl-c) before their
+    /// connections are closed.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+    shutdown_grace_secs: u64,
 }
 
 /// The cluster key from --cluster-key-file or VKV_CLUSTER_KEY; `None` only with --insecure.
@@ -198,19 +214,27 @@ async fn main() -> ExitCode {
         Some(_) => info!("peer requests are authenticated: HMAC-SHA256 under the cluster key"),
         None => warn!("INSECURE: --insecure given, peer requests are not authenticated"),
     }
+    let (max_connections, nofile) = connection_cap(args.max_connections as usize);
+    if max_connections < args.max_connections as usize {
+        warn!(
+            "--max-connections {} lowered to {max_connections}: the open-files limit is {} (ulimit -n) and {} \
+             descriptors are kept for the store and the peers",
+            args.max_connections,
+            nofile.unwrap_or_default(),
+            vkv::server::RESERVED_FDS
+        );
+    }
+    let limits = Limits {
+        header_timeout: Duration::from_secs(args.idle_timeout_secs),
+        body_timeout: Duration::from_secs(args.body_timeout_secs),
+        max_connections,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+    };
     let background = replica.start();
-    let served = axum::serve(listener, vkv::api::app(replica.clone())).with_graceful_shutdown(shutdown_signal()).await;
+    vkv::server::serve(listener, vkv::api::app(replica.clone()), limits, shutdown_signal()).await;
     info!("replica {} stopped accepting requests; stopping senders", layout.self_id());
     background.stop(Duration::from_secs(5)).await;
     drop(replica);
-    match served {
-        Ok(()) => {
-            info!("replica {} stopped cleanly", layout.self_id());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            error!("server error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    info!("replica {} stopped cleanly", layout.self_id());
+    ExitCode::SUCCESS
 }
