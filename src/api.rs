@@ -262,9 +262,15 @@ async fn entries(State(replica): Shared, Signed(request): Signed<EntriesRequest>
     Ok(Json(replica.serve_entries(request).await?).into_response())
 }
 
-/// 200 when serving reads and writes; 503 while recovering from the peers (reads only).
+/// `/health` and `/readyz`: 200 when serving reads and writes; 503 while recovering from the
+/// peers (reads only), or when the store is failing (full disk, damage).
 async fn health(State(replica): Shared) -> Response {
     let (id, cluster) = (replica.id(), replica.cluster_id());
+    if let Some(problem) = replica.storage_problem().await {
+        let body = serde_json::json!({"status": "unhealthy", "error": format!("the store is failing: {problem}"),
+            "replica": id, "cluster": cluster});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     if replica.is_recovering() {
         let body = serde_json::json!({"status": "recovering", "error": "recovering from peers: writes are refused",
             "replica": id, "cluster": cluster});
@@ -310,6 +316,7 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
         .merge(peer_routes)
         .route("/health", get(health))
+        .route("/readyz", get(health))
         .route("/status", get(status))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

@@ -234,6 +234,15 @@ impl Replica {
         self.auth.cluster()
     }
 
+    /// Why this replica cannot serve, if it cannot: its store failed (an I/O error such as a full
+    /// disk, or damage) and has not been reopened since, or a read of it fails now.
+    pub async fn storage_problem(&self) -> Option<String> {
+        if let Some(fault) = self.store.fault() {
+            return Some(fault);
+        }
+        self.blocking(|store| store.probe()).await.err().map(|e| e.to_string())
+    }
+
     /// Write transactions this replica's store committed since it started.
     pub fn commits(&self) -> u64 {
         self.store.commits()

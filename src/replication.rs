@@ -248,6 +248,8 @@ impl Sender {
         let mut cursor: Option<String> = None;
         let mut batch_keys = MAX_BATCH_KEYS;
         let mut refused: HashMap<String, Instant> = HashMap::new();
+        // Consecutive failures of this replica's own store (reading the outbox, clearing marks).
+        let mut local_failures: u32 = 0;
         debug!("replica {me} → replica {pid}: sender started");
         while !*stop.borrow() {
             refused.retain(|_, until| *until > Instant::now());
@@ -255,11 +257,11 @@ impl Sender {
             let batch = match self.next_batch(cursor.clone(), batch_keys, skip).await {
                 Ok(batch) => batch,
                 Err(e) => {
-                    warn!("replica {me} → replica {pid}: cannot read outbox: {e}; retrying in {BACKOFF_MAX:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(BACKOFF_MAX) => {}
-                        _ = stop.changed() => {}
+                    if local_failures == 0 {
+                        warn!("replica {me} → replica {pid}: cannot read outbox: {e}; retrying with backoff");
                     }
+                    local_failures += 1;
+                    local_backoff(&mut stop, local_failures).await;
                     continue;
                 }
             };
@@ -293,17 +295,37 @@ impl Sender {
                     batch_keys = (batch_keys * 2).min(MAX_BATCH_KEYS);
                     cursor = batch.last().map(|p| p.key.clone());
                     match self.acknowledge(&batch).await {
-                        Ok(cleared) => info!(
-                            "replica {me} → replica {pid} · delivered {} key(s): {}{}",
-                            batch.len(),
-                            summarise(&batch),
-                            if cleared < batch.len() {
-                                format!(" ({} changed meanwhile, re-queued)", batch.len() - cleared)
-                            } else {
-                                String::new()
+                        Ok(cleared) => {
+                            if local_failures > 0 {
+                                info!(
+                                    "replica {me} → replica {pid}: the store works again after {local_failures} \
+                                     failure(s)"
+                                );
+                                local_failures = 0;
                             }
-                        ),
-                        Err(e) => warn!("replica {me} → replica {pid}: delivered but cannot clear marks: {e}"),
+                            info!(
+                                "replica {me} → replica {pid} · delivered {} key(s): {}{}",
+                                batch.len(),
+                                summarise(&batch),
+                                if cleared < batch.len() {
+                                    format!(" ({} changed meanwhile, re-queued)", batch.len() - cleared)
+                                } else {
+                                    String::new()
+                                }
+                            )
+                        }
+                        Err(e) => {
+                            // The peer has the batch but the marks stay: it ships again, after a
+                            // pause (the peer's merge is a no-op then, and commits nothing).
+                            if local_failures == 0 {
+                                warn!(
+                                    "replica {me} → replica {pid}: delivered but cannot clear marks: {e}; \
+                                     retrying with backoff"
+                                );
+                            }
+                            local_failures += 1;
+                            local_backoff(&mut stop, local_failures).await;
+                        }
                     }
                 }
                 Err(ShipError::Refused(reason)) if batch.len() > 1 => {
@@ -367,6 +389,19 @@ impl Sender {
         debug!("replica {me} → replica {pid}: sender stopped");
     }
 }
+
+/// The pause after the `failures`-th consecutive failure of the local store: 50 ms doubling to
+/// [`LOCAL_BACKOFF_MAX`], cut short by `stop`.
+async fn local_backoff(stop: &mut watch::Receiver<bool>, failures: u32) {
+    let delay = BACKOFF_MIN.saturating_mul(1 << failures.min(10)).min(LOCAL_BACKOFF_MAX);
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop.changed() => {}
+    }
+}
+
+/// Longest pause between two attempts while the local store fails (a full disk, say).
+pub const LOCAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Tells every peer this replica has (re)started, so their senders skip their backoff.
 /// Best effort: a peer that is down will announce itself when it comes back. A peer that

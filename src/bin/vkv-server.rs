@@ -23,6 +23,7 @@ use vkv::protocol::{DEFAULT_MAX_VALUE_BYTES, MAX_REPLICATE_BODY_BYTES, MAX_VALUE
 const MIN_ANTI_ENTROPY_SECS: f64 = 0.1;
 use vkv::replica::{Config, Replica};
 use vkv::server::{connection_cap, Limits};
+use vkv::store::Repair;
 
 /// One replica of a vkv cluster. Peers are the *other* replicas: N = 1 + number of peers.
 #[derive(Parser, Debug)]
@@ -74,6 +75,10 @@ struct Args {
     /// Most keys one anti-entropy round pulls (the bandwidth bound; big repairs take more rounds).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     anti_entropy_max_keys: u64,
+    /// Before starting, check the store and, if it is damaged, move it aside
+    /// (vkv.redb.damaged-<time>) and recover every key from the peers, as after a lost disk.
+    #[arg(long)]
+    repair: bool,
     /// Seconds a client has to send a request's head, from connecting or from the previous
     /// response on a kept-alive connection (so also how long an idle connection stays open).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -187,6 +192,24 @@ async fn main() -> ExitCode {
             return usage_error(format!("cannot listen on {listen}: {e}"));
         }
     };
+    if args.repair {
+        match vkv::store::Store::repair(&data_dir, &layout) {
+            Ok(Repair::NoStore) => info!("--repair: no store in {} yet; starting as new", data_dir.display()),
+            Ok(Repair::Intact) => info!("--repair: the store in {} is intact", data_dir.display()),
+            Ok(Repair::MovedAside(aside)) if layout.n() == 1 => warn!(
+                "--repair: the damaged store was moved to {}; with no peers, this replica starts EMPTY",
+                aside.display()
+            ),
+            Ok(Repair::MovedAside(aside)) => warn!(
+                "--repair: the damaged store was moved to {}; recovering every key from the peers",
+                aside.display()
+            ),
+            Err(e) => {
+                error!("--repair failed: {e}");
+                return usage_error(format!("--repair failed: {e}"));
+            }
+        }
+    }
     let replica = match Replica::open(Config {
         layout: layout.clone(),
         data_dir: data_dir.clone(),
