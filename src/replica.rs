@@ -237,9 +237,6 @@ impl Replica {
     /// Why this replica cannot serve, if it cannot: its store failed (an I/O error such as a full
     /// disk, or damage) and has not been reopened since, or a read of it fails now.
     pub async fn storage_problem(&self) -> Option<String> {
-        if let Some(fault) = self.store.fault() {
-            return Some(fault);
-        }
         self.blocking(|store| store.probe()).await.err().map(|e| e.to_string())
     }
 

@@ -175,12 +175,15 @@ pub enum Repair {
 
 /// Least and most time between two attempts to reopen a store that failed.
 const REOPEN_MIN: Duration = Duration::from_secs(1);
-const REOPEN_MAX: Duration = Duration::from_secs(30);
+const REOPEN_MAX: Duration = Duration::from_secs(10);
 
-/// Why the store last failed, and when to try reopening it.
+/// Why the store last failed, and when to try reopening it. A failure sets both; a reopen
+/// clears `needs_reopen`; only a commit that reaches the disk clears the rest (a reopen proves
+/// the file opens, not that the disk has room again).
 #[derive(Default)]
 struct Fault {
     reason: Option<String>,
+    needs_reopen: bool,
     next_reopen: Option<Instant>,
     backoff: Duration,
 }
@@ -382,9 +385,10 @@ impl Store {
             fault.next_reopen = Some(Instant::now());
         }
         fault.reason = Some(reason.to_string());
+        fault.needs_reopen = true;
     }
 
-    /// Why the store is failing, if it is (cleared once a reopen succeeds).
+    /// Why the store is failing, if it is (cleared once a commit reaches the disk again).
     pub fn fault(&self) -> Option<String> {
         self.fault.lock().unwrap_or_else(|e| e.into_inner()).reason.clone()
     }
@@ -393,7 +397,7 @@ impl Store {
         {
             let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
             match fault.next_reopen {
-                Some(at) if fault.reason.is_some() && Instant::now() >= at => {
+                Some(at) if fault.needs_reopen && Instant::now() >= at => {
                     fault.next_reopen = Some(Instant::now() + fault.backoff);
                     fault.backoff = (fault.backoff * 2).min(REOPEN_MAX);
                 }
@@ -408,35 +412,51 @@ impl Store {
         match open_checked(&self.path) {
             Ok(reopened) => {
                 *db = Some(reopened);
-                let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
-                tracing::warn!(
-                    "store {} reopened after: {}",
-                    self.path.display(),
-                    fault.reason.take().unwrap_or_default()
-                );
-                *fault = Fault::default();
+                self.fault.lock().unwrap_or_else(|e| e.into_inner()).needs_reopen = false;
+                tracing::info!("store {} reopened", self.path.display());
             }
             Err(e) => {
-                let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
                 tracing::warn!("store {} cannot be reopened yet: {e}", self.path.display());
-                fault.reason = Some(e.to_string());
+                self.fault.lock().unwrap_or_else(|e| e.into_inner()).reason = Some(e.to_string());
             }
         }
     }
 
-    /// A cheap check that the store answers (a read of its metadata): what `/health` asks.
+    /// A commit reached the disk: whatever failed before works again.
+    fn clear_fault(&self) {
+        let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = fault.reason.take() {
+            tracing::warn!("store {} works again (it failed with: {reason})", self.path.display());
+            *fault = Fault::default();
+        }
+    }
+
+    /// A cheap check that the store answers (a read of its metadata): what `/health` asks. While
+    /// the store has a fault, the check also commits a tiny write, so that a replica whose disk
+    /// had filled up reports healthy as soon as a commit goes through again.
     pub fn probe(&self) -> Result<()> {
+        let failing = self.fault().is_some();
         self.with_db(|db| {
             let txn = db.begin_read()?;
             txn.open_table(META)?.get("self")?;
             txn.open_table(KEYS)?.first()?;
             Ok(())
-        })
+        })?;
+        if failing {
+            self.with_db(|db| {
+                let txn = db.begin_write()?;
+                let stamp = format!("{:?}", std::time::SystemTime::now());
+                txn.open_table(META)?.insert("health-probe", stamp.as_str())?;
+                self.commit(txn)
+            })?;
+        }
+        Ok(())
     }
 
     fn commit(&self, txn: redb::WriteTransaction) -> Result<()> {
         txn.commit()?;
         self.commits.fetch_add(1, Ordering::Relaxed);
+        self.clear_fault();
         Ok(())
     }
 
@@ -985,7 +1005,7 @@ mod tests {
         assert_eq!(store.key_count().unwrap(), 0);
         drop(store);
         assert_eq!(Store::repair(dir.path(), &layout(7000)).unwrap(), Repair::Intact);
-        let err = Store::repair(dir.path(), &layout(7001)).err().expect("another member's intact store is no damage");
+        let err = Store::repair(dir.path(), &layout(7001)).expect_err("another member's intact store is no damage");
         assert!(matches!(err, Error::Conflict(_)), "{err}");
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(Store::repair(empty.path(), &layout(7000)).unwrap(), Repair::NoStore);
