@@ -15,6 +15,9 @@
 //!                   connection idle the longest, or — every one busy — is answered 503 and closed
 //!   shutdown        stop accepting, let requests in flight finish, close every connection by
 //!                   `shutdown_grace` at the latest
+//!   parse errors    hyper answers a request it cannot parse (bad framing 400, request line
+//!                   over 64 KiB 414, headers too large 431) before any handler runs; those
+//!                   answers are rewritten on the way out into the JSON error shape
 //! ```
 
 use std::collections::HashMap;
@@ -31,7 +34,7 @@ use axum::Router;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -108,6 +111,117 @@ impl http_body::Body for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The signature of a response hyper writes by itself when it cannot parse a request (bad
+/// framing, a request line or headers too long): vkv's own responses always have a JSON body.
+const HYPER_ERROR_HEAD: &[u8] = b"\r\nconnection: close\r\ncontent-length: 0\r\n";
+
+/// Rewrites a bodiless error response of hyper's own (400, 414, 431) into vkv's JSON error
+/// shape, with the same status; returns `None` for any other bytes.
+fn shape_hyper_error(buf: &[u8]) -> Option<Vec<u8>> {
+    if !(buf.starts_with(b"HTTP/1.1 4") || buf.starts_with(b"HTTP/1.1 5")) || !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    buf.windows(HYPER_ERROR_HEAD.len()).position(|w| w == HYPER_ERROR_HEAD)?;
+    let head = std::str::from_utf8(buf).ok()?;
+    let status_line = head.lines().next()?;
+    let status: u16 = status_line.get(9..12)?.parse().ok()?;
+    let message = match status {
+        400 => "malformed HTTP request: it could not be parsed (request line, header or framing)".to_string(),
+        414 => format!(
+            "request line too long (over 65534 bytes); keys are at most {} bytes",
+            crate::protocol::MAX_KEY_BYTES
+        ),
+        431 => "request headers too large".to_string(),
+        _ => status_line.get(13..).unwrap_or("error").to_string(),
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    let date = head.lines().find(|l| l.starts_with("date:")).map(|l| format!("{l}\r\n")).unwrap_or_default();
+    Some(
+        format!(
+            "{status_line}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n{date}\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+/// A connection's byte stream with hyper's own error responses shaped as JSON (see
+/// [`shape_hyper_error`]); everything else passes through untouched.
+struct ShapedErrors {
+    inner: TcpStream,
+    /// A shaped response not yet written out.
+    pending: Vec<u8>,
+}
+
+impl ShapedErrors {
+    /// Writes what is pending; `Ready(Ok)` once nothing is.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncRead for ShapedErrors {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ShapedErrors {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(shaped) = shape_hyper_error(buf) {
+            self.pending = shaped;
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if let Some(shaped) = shape_hyper_error(first) {
+                self.pending = shaped;
+                let _ = self.poll_pending(cx)?;
+                return Poll::Ready(Ok(first.len()));
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -227,7 +341,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(ShapedErrors { inner: stream, pending: Vec::new() }), service);
             tokio::pin!(connection);
             tokio::select! {
                 served = connection.as_mut() => {
@@ -254,5 +368,26 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
         let left = registry.lock().unwrap_or_else(|e| e.into_inner()).open.len();
         warn!("{left} connection(s) still busy after {:?}: closing them", limits.shutdown_grace);
         tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hyper_error_heads_become_json_and_nothing_else_changes() {
+        let hyper = b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sun, 29 Nov 2026 00:22:41 GMT\r\n\r\n";
+        let shaped = String::from_utf8(shape_hyper_error(hyper).unwrap()).unwrap();
+        let (head, body) = shaped.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json") && head.contains("date: Sun"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(json["error"].as_str().unwrap().contains("too long"), "{json}");
+        let ours = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(shape_hyper_error(ours), None);
+        let ok = b"HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n";
+        assert_eq!(shape_hyper_error(ok), None);
     }
 }

@@ -519,3 +519,29 @@ async fn a_full_disk_fails_cleanly_and_recovers_when_space_returns() {
         assert!(value(&cluster.client(2), &format!("before-{i}")).await.is_some());
     }
 }
+
+/// Issue 9.9: requests hyper cannot parse (a 64 KiB key, garbage, a bad header, oversized
+/// headers) get its status with vkv's JSON error body, not an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparseable_requests_get_json_errors() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = single(dir.path(), &[], None);
+    wait_healthy(port).await;
+    let long_key = format!("GET /kv/{} HTTP/1.1\r\nhost: x\r\n\r\n", "k".repeat(64 * 1024 + 10));
+    let big_header = format!("GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(512 * 1024));
+    for (request, expected) in [
+        (long_key.as_str(), 414),
+        ("GARBAGE\r\n\r\n", 400),
+        ("GET /health HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n", 400),
+        (big_header.as_str(), 431),
+    ] {
+        let mut stream = connect(port).await;
+        let _ = stream.write_all(request.as_bytes()).await;
+        let (status, body) = response(&mut stream, Duration::from_secs(5)).await;
+        assert_eq!(status, expected, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{status}: {e}: {body:?}"));
+        assert!(json["error"].is_string(), "{json}");
+    }
+    wait_healthy(port).await;
+}
