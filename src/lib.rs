@@ -15,7 +15,7 @@
 //! ```text
 //!   server       connections: header/idle/body timeouts, connection cap, bounded shutdown
 //!   api          HTTP edge: axum routes, JSON errors (server side)
-//!   auth         peer authentication: HMAC-SHA256 of each peer request under the cluster key
+//!   auth         peer identity and cluster id; HMAC-SHA256 of each peer request's head and body
 //!   client       typed reqwest client (CLI, driver, tests)
 //!   local        real vkv-server processes on loopback: start, stop, crash (driver, tests)
 //!   protocol     the JSON shapes both sides speak, and the documented limits
