@@ -76,7 +76,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     anti_entropy_max_keys: u64,
     /// Before starting, check the store and, if it is damaged, move it aside
-    /// (vkv.redb.damaged-<time>) and recover every key from the peers, as after a lost disk.
+    /// (`vkv.redb.damaged-<time>`) and recover every key from the peers, as after a lost disk.
     #[arg(long)]
     repair: bool,
     /// Seconds a client has to send a request's head, from connecting or from the previous
