@@ -34,9 +34,9 @@ pub enum Error {
         /// The key written.
         key: String,
         /// Every version the replica holds for the key, tombstones included.
-        versions: Vec<crate::versions::Version>,
+        versions: Vec<crate::core::versions::Version>,
         /// The join of their clocks: the context to write back with.
-        context: crate::clock::VectorClock,
+        context: crate::core::clock::VectorClock,
     },
     /// The replica cannot serve right now (shutting down, storage busy): retry later. (503)
     #[error("{0}")]
@@ -48,7 +48,7 @@ pub enum Error {
         /// What happened, for a person.
         message: String,
         /// The clock of the write that was committed here.
-        clock: crate::clock::VectorClock,
+        clock: crate::core::clock::VectorClock,
     },
     /// The local store failed: the write was not applied. (500)
     #[error("storage error: {0}")]

@@ -10,25 +10,26 @@
 //!
 //! # Layout
 //!
-//! Dependencies point down only.
+//! Folders are layers; a module uses only the layers below it (checked by `tests/layers.rs`,
+//! which reads every `use crate::` line and compares it with this map):
 //!
 //! ```text
-//!   server       connections: header/idle/body timeouts, connection cap, bounded shutdown
-//!   api          HTTP edge: axum routes, JSON errors (server side)
-//!   auth         peer identity and cluster id; HMAC-SHA256 of each peer request's head and body
-//!   client       typed reqwest client (CLI, driver, tests)
-//!   local        real vkv-server processes on loopback: start, stop, crash (driver, tests)
-//!   protocol     the JSON shapes both sides speak, and the documented limits
-//!   replica      the node: client writes, peer merges, logging of every decision, senders
-//!   replication  one background sender per peer, draining the durable outbox
-//!   anti_entropy periodic digest comparison with peers, pulling the keys that differ
-//!   quorum       per-request ?w=K / ?r=K: wait for K replicas, read repair
-//!   store        redb: sibling sets and per-peer outboxes, committed together
-//!   cluster      membership: member order, ids, clock positions, flag validation
-//!   versions     sibling sets, the client write rule and the merge rule (pure)
-//!   clock        vector clocks and their partial order (pure)
-//!   error        the error type, named for the caller's next step
+//!   bin/        vkv-server (wires a replica, its background tasks and the HTTP server), vkv (CLI)
+//!   net::api    HTTP edge: axum routes, JSON errors             uses node, net::{protocol,auth}
+//!   net::server connections: timeouts, cap, bounded shutdown    uses net::protocol
+//!   sync/       senders, anti-entropy (both sides), recovery    uses node, net::peer, storage
+//!   node/       replica (write and merge paths, decision log),  uses net::peer, storage
+//!               coordinator (?w=K, ?r=K)
+//!   net::peer   the peer protocol's HTTP client, typed errors   uses net::{protocol,auth}
+//!   net::client the public API's typed client (CLI, tools)      uses net::protocol
+//!   net::{protocol,auth}  JSON shapes and limits; peer identity, cluster id, signatures
+//!   storage/    redb: sibling sets + per-peer outboxes, fault recovery, repair
+//!   error       the error type, named for the caller's next step
+//!   core/       clock, versions (sibling sets, write and merge rules), cluster membership: pure
 //! ```
+//!
+//! `local` (start, stop, crash real replica processes on loopback) serves the tests, the driver
+//! and the report; it uses only `net::client` and `core`.
 //!
 //! # Example
 //!
@@ -42,20 +43,18 @@
 //! assert_eq!(set.context(3), VectorClock::from(vec![1, 1, 3]));
 //! ```
 
-pub mod anti_entropy;
-pub mod api;
-pub mod auth;
-pub mod client;
-pub mod clock;
-pub mod cluster;
+mod core;
 pub mod error;
 pub mod local;
-pub mod protocol;
-pub mod quorum;
-pub mod replica;
-pub mod replication;
-pub mod server;
-pub mod store;
-pub mod versions;
+mod net;
+mod node;
+mod storage;
+mod sync;
 
+// The public surface: the modules tools and tests outside the crate use, under flat names.
+pub use crate::core::{clock, cluster, versions};
+pub use crate::net::{api, auth, client, peer, protocol, server};
+pub use crate::node::{coordinator, replica};
+pub use crate::storage::store;
+pub use crate::sync::{anti_entropy, recovery, sender, start as start_background, Background};
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::client::Client;
+use crate::net::client::Client;
 
 /// How a replica is taken offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,12 +165,12 @@ impl LocalCluster {
     }
 
     /// The cluster layout as replica `id` sees it (to open its store while it is stopped).
-    pub fn layout(&self, id: usize) -> crate::cluster::Layout {
+    pub fn layout(&self, id: usize) -> crate::core::cluster::Layout {
         let me = &self.slots[id - 1].member;
         let peers: Vec<&LocalMember> = self.peers_of(id).collect();
         let hosts: Vec<String> = peers.iter().map(|m| m.host.clone()).collect();
         let ports: Vec<u16> = peers.iter().map(|m| m.port).collect();
-        crate::cluster::Layout::from_flags(&me.host, me.port, self.slots.len(), &hosts, &ports)
+        crate::core::cluster::Layout::from_flags(&me.host, me.port, self.slots.len(), &hosts, &ports)
             .expect("a local cluster's layout is valid")
     }
 

@@ -133,7 +133,7 @@ async fn a_hung_peer_cannot_stall_client_requests() {
     let err = r1.put_quorum("q", "v", None, Some(N)).await.unwrap_err();
     let took = t.elapsed();
     assert!(matches!(err, ClientError::Server { status: 503, .. }), "{err}");
-    assert!(took < vkv::quorum::QUORUM_TIMEOUT + Duration::from_secs(1), "w=N took {took:?}");
+    assert!(took < vkv::coordinator::QUORUM_TIMEOUT + Duration::from_secs(1), "w=N took {took:?}");
     assert!(r1.put_quorum("q", "v", None, Some(N - 1)).await.is_ok(), "the other four suffice");
     let t = Instant::now();
     let status = r1.status().await.unwrap();

@@ -16,7 +16,9 @@ use vkv::auth::{check_body, check_head, ClusterKey, PeerAuth, SIGNATURE_HEADER};
 use vkv::clock::VectorClock;
 use vkv::cluster::Layout;
 use vkv::protocol::ReplicateRequest;
-use vkv::replication::{peer_http_client, PeerLink, Sender};
+use vkv::peer::PeerClient;
+use vkv::replica::PeerLink;
+use vkv::sender::Sender;
 use vkv::store::Store;
 use vkv::versions::{SiblingSet, Version};
 
@@ -70,7 +72,7 @@ fn start_sender(peer_port: u16) -> Fixture {
     let link = Arc::new(PeerLink::new(layout.member(2).unwrap().clone()));
     let (stop, stop_rx) = watch::channel(false);
     let auth = PeerAuth::new(&layout, Some(ClusterKey::new(KEY).unwrap()));
-    tokio::spawn(Sender::new(auth, store.clone(), link.clone(), peer_http_client(None)).run(stop_rx));
+    tokio::spawn(Sender::new(PeerClient::new(None, auth), store.clone(), link.clone()).run(stop_rx));
     Fixture { store, link, stop, _dir: dir }
 }
 
@@ -118,7 +120,7 @@ async fn an_idle_sender_finds_marks_nobody_announced() {
     let f = start_sender(port);
     tokio::time::sleep(Duration::from_millis(200)).await; // the sender is idle now
     write(&f.store, "quiet"); // no wake
-    let limit = vkv::replication::IDLE_POLL + Duration::from_secs(3);
+    let limit = vkv::sender::IDLE_POLL + Duration::from_secs(3);
     wait_until("the unannounced key to ship", limit, || received.lock().unwrap().contains("quiet")).await;
     let _ = f.stop.send(true);
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use vkv::anti_entropy::AntiEntropyConfig;
+use vkv::replica::AntiEntropyConfig;
 use vkv::auth::{ClusterKey, KEY_ENV};
 use vkv::cluster::Layout;
 use vkv::protocol::{DEFAULT_MAX_VALUE_BYTES, MAX_REPLICATE_BODY_BYTES, MAX_VALUE_BYTES_LIMIT};
@@ -253,7 +253,7 @@ async fn main() -> ExitCode {
         max_connections,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
     };
-    let background = replica.start();
+    let background = vkv::start_background(&replica);
     vkv::server::serve(listener, vkv::api::app(replica.clone()), limits, shutdown_signal()).await;
     info!("replica {} stopped accepting requests; stopping senders", layout.self_id());
     background.stop(Duration::from_secs(5)).await;

@@ -32,8 +32,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 
-use crate::clock::VectorClock;
-use crate::protocol::{
+use crate::core::clock::VectorClock;
+use crate::net::protocol::{
     DeleteRequest, ErrorBody, KeyErrorBody, ReadResponse, StatusResponse, WriteRequest, WriteResponse,
 };
 

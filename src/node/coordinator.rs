@@ -20,12 +20,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::info;
 
-use crate::clock::VectorClock;
-use crate::cluster::{Member, ReplicaId};
+use crate::core::clock::VectorClock;
+use crate::core::cluster::{Member, ReplicaId};
 use crate::error::{Error, Result};
-use crate::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse};
-use crate::replica::Replica;
-use crate::versions::SiblingSet;
+use crate::net::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse};
+use crate::net::peer::PeerError;
+use crate::node::replica::Replica;
+use crate::core::versions::SiblingSet;
 
 /// How long a quorum read or write waits for peers before answering 503.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,12 +39,12 @@ pub fn check_quorum(name: &str, k: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-async fn push(replica: &Replica, peer: &Member, key: &str, set: &SiblingSet) -> std::result::Result<(), String> {
+async fn push(replica: &Replica, peer: &Member, key: &str, set: &SiblingSet) -> std::result::Result<(), PeerError> {
     let body = ReplicateRequest {
         from: replica.id(),
         entries: vec![ReplicateEntry { key: key.to_string(), versions: set.versions().to_vec() }],
     };
-    replica.call_peer::<_, ReplicateResponse>(peer, "/replicate", &body, Some(QUORUM_TIMEOUT)).await.map(drop)
+    replica.peers().call::<_, ReplicateResponse>(peer, "/replicate", &body, Some(QUORUM_TIMEOUT)).await.map(drop)
 }
 
 /// After a local write of `key`, pushes its set to every peer and waits for `w - 1` acks.
@@ -82,9 +83,9 @@ pub async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock
     Ok(acks)
 }
 
-async fn peer_read(replica: &Replica, peer: &Member, key: &str) -> std::result::Result<SiblingSet, String> {
+async fn peer_read(replica: &Replica, peer: &Member, key: &str) -> std::result::Result<SiblingSet, PeerError> {
     let body = PeerReadRequest { from: replica.id(), key: key.to_string() };
-    let answer: PeerReadResponse = replica.call_peer(peer, "/peer/read", &body, Some(QUORUM_TIMEOUT)).await?;
+    let answer: PeerReadResponse = replica.peers().call(peer, "/peer/read", &body, Some(QUORUM_TIMEOUT)).await?;
     Ok(SiblingSet::from_versions(answer.versions))
 }
 

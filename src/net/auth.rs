@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::cluster::{Layout, ReplicaId};
+use crate::core::cluster::{Layout, ReplicaId};
 
 /// The sender's replica id.
 pub const FROM_HEADER: &str = "x-vkv-from";

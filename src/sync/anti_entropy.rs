@@ -23,24 +23,16 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::cluster::Member;
-use crate::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
-use crate::replica::Replica;
-
-/// Settings of the anti-entropy task.
-#[derive(Debug, Clone)]
-pub struct AntiEntropyConfig {
-    /// Mean time between rounds (each round talks to one peer, round-robin). Jittered ±50%.
-    pub period: Duration,
-    /// Most keys pulled in one round: the bandwidth bound. Larger repairs take several rounds.
-    pub max_keys_per_round: usize,
-}
+use crate::core::cluster::Member;
+use crate::net::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
+use crate::error::{Error, Result};
+use crate::net::protocol::{ReplicateEntry, AE_MAX_RESPONSE_BYTES};
+use crate::node::replica::{AntiEntropyConfig, Replica};
 
 /// What one round did.
 #[derive(Debug, Clone, Default)]
@@ -68,7 +60,7 @@ pub async fn pull_round(
 ) -> Result<RoundReport, String> {
     let mine = replica.range_digests(AE_RANGES).await.map_err(|e| e.to_string())?;
     let theirs: DigestResponse =
-        replica.call_peer(peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }, None).await?;
+        replica.peers().call(peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }, None).await.map_err(|e| e.to_string())?;
     if theirs.digests.len() != AE_RANGES {
         return Err(format!("peer sent {} digests for {AE_RANGES} ranges", theirs.digests.len()));
     }
@@ -80,7 +72,7 @@ pub async fn pull_round(
     }
     let request =
         EntriesRequest { from: replica.id(), of: AE_RANGES, ranges: differing, limit: max_keys, after: cursor.clone() };
-    let answer: EntriesResponse = replica.call_peer(peer, "/peer/entries", &request, None).await?;
+    let answer: EntriesResponse = replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
     report.pulled = answer.entries.len();
     report.truncated = answer.truncated;
     *cursor = match (answer.truncated, answer.entries.last()) {
@@ -134,100 +126,35 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
     }
 }
 
-/// Keys one recovery request asks for (pages until a peer has sent everything).
-const RECOVERY_PAGE: usize = 10_000;
 /// Pause between attempts to reach peers that recovery still needs.
-const RECOVERY_RETRY: Duration = Duration::from_millis(500);
+/// Most keys one anti-entropy answer carries, whatever the puller asks for.
+pub const MAX_AE_KEYS_PER_ANSWER: usize = 100_000;
 
-/// Pulls every key `peer` holds (all ranges, page by page) and merges it. Returns the key count.
-async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
-    let mut after = None;
-    let mut pulled = 0;
-    loop {
-        let request = EntriesRequest {
-            from: replica.id(),
-            of: AE_RANGES,
-            ranges: (0..AE_RANGES).collect(),
-            limit: RECOVERY_PAGE,
-            after: after.clone(),
-        };
-        let answer: EntriesResponse = replica.call_peer(peer, "/peer/entries", &request, None).await?;
-        pulled += answer.entries.len();
-        let last = answer.entries.last().map(|e| e.key.clone());
-        replica.merge_pulled(peer.id, answer.entries).await.map_err(|e| e.to_string())?;
-        match (answer.truncated, last) {
-            (true, Some(last)) => after = Some(last),
-            _ => return Ok(pulled),
-        }
-    }
+/// The serving side: answers a peer's digest request.
+pub async fn serve_digest(replica: &Replica, request: DigestRequest) -> Result<DigestResponse> {
+    replica.check_peer(request.from, "digest request")?;
+    requested_ranges(request.ranges, &[]).map_err(Error::InvalidInput)?;
+    let digests = replica.range_digests(request.ranges).await?;
+    Ok(DigestResponse { digests: digests.iter().map(hex::encode).collect() })
 }
 
-/// Recovery of a replica that started on an empty data dir (first start, or a lost disk).
-///
-/// Such a replica may have issued clock counters before, on the disk it lost; peers hold the
-/// versions carrying them. A write minted now would restart its counter and be silently
-/// dominated by those older versions (Riak's "kv679" data loss). So the replica first pulls
-/// every key from **every** peer — a version stamped by this replica exists only at peers it
-/// was sent to or that pulled it from them, so after that, every counter it ever issued is
-/// known locally — and only then accepts writes (until then: 503). Peers that are down are retried
-/// until they answer; the completion is recorded durably, so a crash mid-recovery resumes it.
-pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
-    let me = replica.id();
-    let started = std::time::Instant::now();
-    let mut pending: Vec<Member> = replica.layout().peers().cloned().collect();
-    info!(
-        "replica {me} started on an empty data dir: pulling every key from every peer before accepting \
-         writes, so that no clock counter it issued before is reused"
-    );
-    let (mut keys, mut waiting_logged) = (0usize, false);
-    while !pending.is_empty() {
-        let mut unreachable = Vec::new();
-        for peer in pending {
-            let pulled = tokio::select! {
-                r = full_pull(&replica, &peer) => r,
-                _ = stop.changed() => return,
-            };
-            match pulled {
-                Ok(n) => {
-                    keys += n;
-                    info!("replica {me} · recovery: pulled {n} key(s) from replica {}", peer.id);
-                }
-                Err(e) => {
-                    if waiting_logged {
-                        debug!("replica {me} · recovery: replica {} not ready: {e}", peer.id);
-                    } else {
-                        warn!("replica {me} · recovery: cannot pull from replica {}: {e}", peer.id);
-                    }
-                    unreachable.push(peer);
-                }
-            }
-        }
-        pending = unreachable;
-        if !pending.is_empty() {
-            if !waiting_logged {
-                let ids: Vec<_> = pending.iter().map(|p| p.id).collect();
-                info!("replica {me} · recovery waits for replicas {ids:?}; writes are refused (503) until then");
-                waiting_logged = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(RECOVERY_RETRY) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-    match replica.finish_recovery().await {
-        Ok(()) => info!(
-            "replica {me} recovered {keys} key(s) from all peers in {:.1}s; accepting writes",
-            started.elapsed().as_secs_f64()
-        ),
-        Err(e) => tracing::error!("replica {me} · recovery complete but cannot record it: {e}"),
-    }
+/// The serving side: answers a peer's request for the keys of some hash ranges.
+pub async fn serve_entries(replica: &Replica, request: EntriesRequest) -> Result<EntriesResponse> {
+    replica.check_peer(request.from, "entries request")?;
+    let ranges = requested_ranges(request.of, &request.ranges).map_err(Error::InvalidInput)?;
+    let (of, limit, after) = (request.of, request.limit.min(MAX_AE_KEYS_PER_ANSWER), request.after);
+    let (entries, truncated) = replica
+        .blocking(move |store| store.range_entries(of, &ranges, after.as_deref(), limit, AE_MAX_RESPONSE_BYTES))
+        .await?;
+    let entries =
+        entries.into_iter().map(|(key, set)| ReplicateEntry { key, versions: set.versions().to_vec() }).collect();
+    Ok(EntriesResponse { entries, truncated })
 }
 
 /// Ranges requested by a peer, validated.
 pub fn requested_ranges(of: usize, ranges: &[usize]) -> Result<HashSet<usize>, String> {
-    if of == 0 || of > crate::protocol::MAX_AE_RANGES {
-        return Err(format!("ranges must be between 1 and {}", crate::protocol::MAX_AE_RANGES));
+    if of == 0 || of > crate::net::protocol::MAX_AE_RANGES {
+        return Err(format!("ranges must be between 1 and {}", crate::net::protocol::MAX_AE_RANGES));
     }
     if let Some(bad) = ranges.iter().find(|&&r| r >= of) {
         return Err(format!("range {bad} is outside 0..{of}"));

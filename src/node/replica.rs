@@ -17,34 +17,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::anti_entropy::{requested_ranges, AntiEntropyConfig};
-use crate::auth::{ClusterKey, PeerAuth};
-use crate::clock::{VectorClock, MAX_COUNTER};
-use crate::cluster::{Layout, Member, ReplicaId};
+use crate::net::auth::{ClusterKey, PeerAuth};
+use crate::core::clock::{VectorClock, MAX_COUNTER};
+use crate::core::cluster::{Layout, ReplicaId};
 use crate::error::{Error, Result};
-use crate::protocol::{
-    DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, PeerReadRequest, PeerReadResponse, PeerStatus,
-    ReplicateEntry, ReplicateRequest, ReplicateResponse, StatusResponse, AE_MAX_RESPONSE_BYTES, MAX_BATCH_KEYS,
+use crate::net::protocol::{
+    PeerReadRequest, PeerReadResponse, PeerStatus,
+    ReplicateEntry, ReplicateRequest, ReplicateResponse, StatusResponse, MAX_BATCH_KEYS,
     MAX_KEY_BYTES, MAX_VERSIONS_PER_ENTRY,
 };
-use crate::replication::{announce, on_store, peer_http_client, signed_post, PeerLink, Sender};
-use crate::store::{MergeRecord, Refused, Store};
-use crate::versions::{MergeOutcome, SiblingSet, Suspect, Version, WriteRefusal};
+use crate::net::peer::PeerClient;
+pub use crate::node::link::PeerLink;
+use crate::storage::on_store;
+use crate::storage::store::{MergeRecord, Refused, Store};
+use crate::core::versions::{MergeOutcome, SiblingSet, Suspect, Version, WriteRefusal};
 
 /// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
 /// at the same number): so many concurrent versions mean clients write without reading the
 /// context, and reads grow with every one.
 pub const SIBLING_WARN_THRESHOLD: usize = 25;
 
-/// Most keys one anti-entropy answer carries, whatever the puller asks for.
-pub const MAX_AE_KEYS_PER_ANSWER: usize = 100_000;
-
-/// Time a status request waits for each peer's health probe.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Settings of the anti-entropy task.
+#[derive(Debug, Clone)]
+pub struct AntiEntropyConfig {
+    /// Mean time between rounds (each round talks to one peer, round-robin). Jittered ±50%.
+    pub period: Duration,
+    /// Most keys pulled in one round: the bandwidth bound. Larger repairs take several rounds.
+    pub max_keys_per_round: usize,
+}
 
 /// What a replica needs to start.
 #[derive(Debug, Clone)]
@@ -72,9 +75,8 @@ pub struct Replica {
     layout: Layout,
     store: Arc<Store>,
     links: Vec<Arc<PeerLink>>,
-    http: reqwest::Client,
+    peers: PeerClient,
     max_value_bytes: usize,
-    auth: PeerAuth,
     anti_entropy: Option<AntiEntropyConfig>,
     /// True from the start on an empty data dir until every peer's keys were pulled.
     recovering: AtomicBool,
@@ -159,24 +161,6 @@ fn refused(
     }
 }
 
-/// Background tasks of a replica, stopped together.
-pub struct Background {
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
-}
-
-impl Background {
-    /// Signals every task to stop and waits up to `grace` for them.
-    pub async fn stop(mut self, grace: Duration) {
-        let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            warn!("background tasks did not stop within {grace:?}; aborting them");
-            self.tasks.abort_all();
-        }
-    }
-}
-
 impl Replica {
     /// Opens the store and prepares (but does not start) the senders.
     pub fn open(config: Config) -> Result<Arc<Replica>> {
@@ -194,9 +178,8 @@ impl Replica {
             layout: config.layout.clone(),
             store: Arc::new(store),
             links,
-            http: peer_http_client(config.peer_source),
+            peers: PeerClient::new(config.peer_source, PeerAuth::new(&config.layout, config.cluster_key)),
             max_value_bytes: config.max_value_bytes,
-            auth: PeerAuth::new(&config.layout, config.cluster_key),
             anti_entropy: config.anti_entropy,
             recovering: AtomicBool::new(recovering),
         }))
@@ -226,12 +209,32 @@ impl Replica {
 
     /// The cluster key peer requests must be signed with (`None`: `--insecure`).
     pub fn cluster_key(&self) -> Option<&ClusterKey> {
-        self.auth.key()
+        self.peers.auth().key()
     }
 
-    /// This replica's cluster id (see [`crate::auth::cluster_id`]): peers must send the same.
+    /// The client this replica calls its peers with.
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
+    }
+
+    /// The link to each peer's sender.
+    pub(crate) fn links(&self) -> &[Arc<PeerLink>] {
+        &self.links
+    }
+
+    /// The store (for the background tasks, which run their own blocking work).
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The anti-entropy settings, if it runs.
+    pub(crate) fn anti_entropy_config(&self) -> Option<&AntiEntropyConfig> {
+        self.anti_entropy.as_ref()
+    }
+
+    /// This replica's cluster id (see [`crate::net::auth::cluster_id`]): peers must send the same.
     pub fn cluster_id(&self) -> &str {
-        self.auth.cluster()
+        self.peers.auth().cluster()
     }
 
     /// Why this replica cannot serve, if it cannot: its store failed (an I/O error such as a full
@@ -250,33 +253,11 @@ impl Replica {
         self.max_value_bytes
     }
 
-    /// Starts one sender per peer and the anti-entropy task, and announces this replica.
-    pub fn start(self: &Arc<Self>) -> Background {
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        for link in &self.links {
-            let sender = Sender::new(self.auth.clone(), self.store.clone(), link.clone(), self.http.clone());
-            tasks.spawn(sender.run(stop_rx.clone()));
-        }
-        if self.is_recovering() {
-            tasks.spawn(crate::anti_entropy::recover(self.clone(), stop_rx.clone()));
-        }
-        if let Some(config) = self.anti_entropy.clone() {
-            tasks.spawn(crate::anti_entropy::run(self.clone(), config, stop_rx.clone()));
-        }
-        let peers = self.layout.peers().cloned().collect();
-        let mut announce_stop = stop_rx;
-        let hello = announce(peers, self.http.clone(), self.auth.clone());
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = hello => {}
-                _ = announce_stop.changed() => {}
-            }
-        });
-        Background { stop, tasks }
-    }
-
-    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    /// Runs store work on the blocking pool (see [`on_store`]).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         on_store(&self.store, work).await
     }
 
@@ -384,7 +365,8 @@ impl Replica {
         Ok(ReplicateResponse { keys, changed })
     }
 
-    fn check_peer(&self, from: ReplicaId, what: &str) -> Result<()> {
+    /// Refuses a peer request from an id that is not a peer of this replica (409).
+    pub(crate) fn check_peer(&self, from: ReplicaId, what: &str) -> Result<()> {
         if from == self.id() || self.layout.member(from).is_none() {
             return Err(Error::Conflict(format!(
                 "{what} from {from}, which is not a peer of replica {} (members 1..={})",
@@ -491,27 +473,6 @@ impl Replica {
         self.blocking(move |store| store.range_digests(ranges)).await
     }
 
-    /// Answers a peer's digest request.
-    pub async fn serve_digest(&self, request: DigestRequest) -> Result<DigestResponse> {
-        self.check_peer(request.from, "digest request")?;
-        requested_ranges(request.ranges, &[]).map_err(Error::InvalidInput)?;
-        let digests = self.range_digests(request.ranges).await?;
-        Ok(DigestResponse { digests: digests.iter().map(hex::encode).collect() })
-    }
-
-    /// Answers a peer's request for the keys of some hash ranges.
-    pub async fn serve_entries(&self, request: EntriesRequest) -> Result<EntriesResponse> {
-        self.check_peer(request.from, "entries request")?;
-        let ranges = requested_ranges(request.of, &request.ranges).map_err(Error::InvalidInput)?;
-        let (of, limit, after) = (request.of, request.limit.min(MAX_AE_KEYS_PER_ANSWER), request.after);
-        let (entries, truncated) = self
-            .blocking(move |store| store.range_entries(of, &ranges, after.as_deref(), limit, AE_MAX_RESPONSE_BYTES))
-            .await?;
-        let entries =
-            entries.into_iter().map(|(key, set)| ReplicateEntry { key, versions: set.versions().to_vec() }).collect();
-        Ok(EntriesResponse { entries, truncated })
-    }
-
     /// Answers a quorum read from a peer: the whole set, tombstones included.
     pub async fn serve_peer_read(&self, request: PeerReadRequest) -> Result<PeerReadResponse> {
         self.check_peer(request.from, "read request")?;
@@ -525,34 +486,6 @@ impl Replica {
         }
         let set = self.read(request.key).await?;
         Ok(PeerReadResponse { versions: set.versions().to_vec() })
-    }
-
-    /// A signed JSON request to `peer` at `path`, answered with JSON. `timeout` overrides the
-    /// peer client's default request timeout. Errors name the path and, for a refusal, the
-    /// peer's status and message.
-    pub async fn call_peer<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-        &self,
-        peer: &Member,
-        path: &str,
-        body: &Req,
-        timeout: Option<Duration>,
-    ) -> std::result::Result<Resp, String> {
-        let mut request = signed_post(&self.http, &self.auth, &peer.address(), path, body);
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        let response = request.send().await.map_err(|e| format!("{path}: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(format!("{path}: peer answered {status}: {}", text.trim()));
-        }
-        response.json().await.map_err(|e| format!("{path}: bad answer: {e}"))
-    }
-
-    /// The HTTP client this replica uses toward its peers.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 
     fn log_merge(&self, from: ReplicaId, r: &MergeRecord, v: &Version) {
@@ -592,23 +525,8 @@ impl Replica {
     pub async fn status(&self) -> Result<StatusResponse> {
         let mut probes = JoinSet::new();
         for link in &self.links {
-            let (http, member) = (self.http.clone(), link.member.clone());
-            probes.spawn(async move {
-                let url = format!("http://{}/health", member.address());
-                // Any answer counts as reachable, "recovering" and "unhealthy" too.
-                let answer = http.get(url).timeout(PROBE_TIMEOUT).send().await;
-                let cluster = match answer {
-                    Ok(response) => Some(
-                        response
-                            .json::<serde_json::Value>()
-                            .await
-                            .ok()
-                            .and_then(|v| v["cluster"].as_str().map(str::to_string)),
-                    ),
-                    Err(_) => None,
-                };
-                (member.id, cluster)
-            });
+            let (peers, member) = (self.peers.clone(), link.member.clone());
+            probes.spawn(async move { (member.id, peers.probe(&member).await) });
         }
         let mut probed = std::collections::HashMap::new();
         while let Some(Ok((id, cluster))) = probes.join_next().await {

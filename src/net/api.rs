@@ -18,15 +18,16 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tracing::{error, warn};
 
-use crate::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
-use crate::clock::VectorClock;
+use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
+use crate::core::clock::VectorClock;
 use crate::error::Error;
-use crate::protocol::{
+use crate::net::protocol::{
     DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, PeerRequest,
     ReadQuery, ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
 };
-use crate::quorum::{check_quorum, read_quorum, write_quorum};
-use crate::replica::{validate_key, Replica};
+use crate::node::coordinator::{check_quorum, read_quorum, write_quorum};
+use crate::node::replica::{validate_key, Replica};
+use crate::sync::anti_entropy::{serve_digest, serve_entries};
 
 /// An error on its way to the client.
 pub struct AppError(Error);
@@ -73,7 +74,7 @@ fn from_body(rejection: BytesRejection) -> AppError {
     let text = rejection.body_text();
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         AppError(Error::TooLarge(format!("request body too large: {text}")))
-    } else if text.contains(crate::server::BODY_TIMEOUT_MESSAGE) {
+    } else if text.contains(crate::net::server::BODY_TIMEOUT_MESSAGE) {
         AppError(Error::TimedOut(format!("cannot read request body: {text}")))
     } else {
         AppError(Error::InvalidInput(format!("cannot read request body: {text}")))
@@ -171,7 +172,7 @@ async fn peer_read(State(replica): Shared, Signed(request): Signed<PeerReadReque
 
 /// The gate of every peer route, before the body is read: the sender's identity and cluster id
 /// are present and — under a cluster key — signed, over the declared body length, recently
-/// (see [`crate::auth`]); the cluster id is this replica's. A refusal is logged, and a
+/// (see [`crate::net::auth`]); the cluster id is this replica's. A refusal is logged, and a
 /// membership mismatch loudly: it is an operator's mistake that loses writes if ignored.
 async fn peer_gate(State(replica): Shared, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
@@ -255,11 +256,11 @@ async fn hello(State(replica): Shared, Signed(request): Signed<HelloRequest>) ->
 }
 
 async fn digest(State(replica): Shared, Signed(request): Signed<DigestRequest>) -> Result<Response, AppError> {
-    Ok(Json(replica.serve_digest(request).await?).into_response())
+    Ok(Json(serve_digest(&replica, request).await?).into_response())
 }
 
 async fn entries(State(replica): Shared, Signed(request): Signed<EntriesRequest>) -> Result<Response, AppError> {
-    Ok(Json(replica.serve_entries(request).await?).into_response())
+    Ok(Json(serve_entries(&replica, request).await?).into_response())
 }
 
 /// `/health` and `/readyz`: 200 when serving reads and writes; 503 while recovering from the

@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::VectorClock;
-use crate::cluster::{Member, ReplicaId};
-use crate::versions::Version;
+use crate::core::clock::VectorClock;
+use crate::core::cluster::{Member, ReplicaId};
+use crate::core::versions::Version;
 
 /// Longest key accepted, in bytes of UTF-8 (after percent-decoding).
 pub const MAX_KEY_BYTES: usize = 1024;

@@ -26,14 +26,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::PeerAuth;
-use crate::cluster::{Member, ReplicaId};
-use crate::error::{Error, Result};
-use crate::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
-use crate::store::{Pending, Store};
+use crate::net::peer::{PeerClient, PeerError, CONNECT_TIMEOUT};
+use crate::core::cluster::{Member, ReplicaId};
+use crate::error::Result;
+use crate::net::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
+use crate::node::link::PeerLink;
+use crate::storage::on_store;
+use crate::storage::store::{Pending, Store};
 
 /// First retry delay after a failure. Doubles per failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -42,46 +44,6 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Sender batches stop growing past this many bytes of encoded sets.
 pub const BATCH_TARGET_BYTES: usize = MAX_REPLICATE_BODY_BYTES / 4;
-/// Time allowed for one replication request, connection included.
-pub const REPLICATE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to open a connection to a peer.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The signals one sender listens to. Shared by the sender and the replica that wakes it.
-pub struct PeerLink {
-    /// The peer this link ships to.
-    pub member: Member,
-    work: Notify,
-    peer_up: Notify,
-    membership: std::sync::Mutex<Option<String>>,
-}
-
-impl PeerLink {
-    /// A link to `member`.
-    pub fn new(member: Member) -> Self {
-        PeerLink { member, work: Notify::new(), peer_up: Notify::new(), membership: Default::default() }
-    }
-
-    /// New keys were queued for this peer.
-    pub fn wake(&self) {
-        self.work.notify_one();
-    }
-
-    /// Why the peer last refused this replica's membership (`None` once it accepts a batch).
-    pub fn membership_refusal(&self) -> Option<String> {
-        self.membership.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set_membership_refusal(&self, refusal: Option<String>) {
-        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
-    }
-
-    /// The peer showed it is up (hello or replication from it): retry now, skipping backoff.
-    pub fn peer_is_up(&self) {
-        self.peer_up.notify_one();
-        self.work.notify_one();
-    }
-}
 
 /// Why a batch did not ship.
 enum ShipError {
@@ -109,54 +71,6 @@ enum PeerState {
     Mismatch,
 }
 
-/// Runs synchronous store work on tokio's blocking pool (redb calls block on disk). The task
-/// runs to its end even if the awaiting future is dropped.
-pub(crate) async fn on_store<T: Send + 'static>(
-    store: &Arc<Store>,
-    work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || work(&store))
-        .await
-        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
-}
-
-/// A JSON `POST path` to the peer at `address`, carrying this replica's identity and cluster id,
-/// signed with the cluster key when there is one (see [`crate::auth`]).
-pub fn signed_post<T: serde::Serialize>(
-    http: &reqwest::Client,
-    auth: &PeerAuth,
-    address: &str,
-    path: &str,
-    body: &T,
-) -> reqwest::RequestBuilder {
-    let bytes = serde_json::to_vec(body).expect("protocol types always serialise");
-    let mut request =
-        http.post(format!("http://{address}{path}")).header(reqwest::header::CONTENT_TYPE, "application/json");
-    for (name, value) in auth.headers(path, &bytes) {
-        request = request.header(name, value);
-    }
-    request.body(bytes)
-}
-
-/// Builds the HTTP client senders and probes use: bounded connect and request times.
-pub fn peer_http_client(source: Option<std::net::IpAddr>) -> reqwest::Client {
-    reqwest::Client::builder()
-        // Connections leave from this address when given (--peer-source): on a host with several
-        // addresses, peers and the network see which one this replica is.
-        .local_address(source)
-        // Resolve peer names with hickory (reads /etc/resolv.conf and /etc/hosts), not getaddrinfo:
-        // the release binary is linked statically and glibc's NSS does not work in that case.
-        .hickory_dns(true)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REPLICATE_TIMEOUT)
-        // Shorter than a replica's idle timeout (--idle-timeout-secs, 30 s by default), so a
-        // pooled connection is dropped here before the peer closes it.
-        .pool_idle_timeout(Duration::from_secs(10))
-        .build()
-        .expect("a plain HTTP client always builds")
-}
-
 fn summarise(batch: &[Pending]) -> String {
     const SHOWN: usize = 3;
     let mut parts: Vec<String> = batch
@@ -176,16 +90,15 @@ fn summarise(batch: &[Pending]) -> String {
 /// The sender for one peer. Runs until `stop` turns true.
 pub struct Sender {
     me: ReplicaId,
-    auth: PeerAuth,
+    peers: PeerClient,
     store: Arc<Store>,
     link: Arc<PeerLink>,
-    http: reqwest::Client,
 }
 
 impl Sender {
-    /// A sender from the replica `auth` signs for to the link's peer.
-    pub fn new(auth: PeerAuth, store: Arc<Store>, link: Arc<PeerLink>, http: reqwest::Client) -> Self {
-        Sender { me: auth.from(), auth, store, link, http }
+    /// A sender from the replica `peers` signs for to the link's peer.
+    pub fn new(peers: PeerClient, store: Arc<Store>, link: Arc<PeerLink>) -> Self {
+        Sender { me: peers.auth().from(), peers, store, link }
     }
 
     async fn next_batch(&self, after: Option<String>, max_keys: usize, skip: HashSet<String>) -> Result<Vec<Pending>> {
@@ -202,31 +115,14 @@ impl Sender {
                 .map(|p| ReplicateEntry { key: p.key.clone(), versions: p.set.versions().to_vec() })
                 .collect(),
         };
-        let address = self.link.member.address();
-        let response =
-            signed_post(&self.http, &self.auth, &address, "/replicate", &request).send().await.map_err(|e| {
-                ShipError::Unreachable(if e.is_timeout() {
-                    "timed out".to_string()
-                } else if e.is_connect() {
-                    "connection refused or unreachable".to_string()
-                } else {
-                    e.to_string()
-                })
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = response.text().await.unwrap_or_default();
-        let reason = format!("peer answered {status}: {}", body.trim());
-        // 400/413: something in this batch is refused. 409: the peer does not count us as the
-        // member we claim to be. Anything else (401, 5xx): the peer cannot take batches now.
-        if status == reqwest::StatusCode::BAD_REQUEST || status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
-            Err(ShipError::Refused(reason))
-        } else if status == reqwest::StatusCode::CONFLICT {
-            Err(ShipError::Membership(reason))
-        } else {
-            Err(ShipError::Unreachable(reason))
+        match self.peers.notify(&self.link.member, "/replicate", &request, None).await {
+            Ok(()) => Ok(()),
+            // 400/413: something in this batch is refused. 409: the peer does not count us as
+            // the member we claim to be. Anything else: the peer cannot take batches now.
+            Err(e @ PeerError::Refused { .. }) => Err(ShipError::Refused(e.to_string())),
+            Err(e @ PeerError::Membership { .. }) => Err(ShipError::Membership(e.to_string())),
+            Err(PeerError::Unreachable { reason, .. }) => Err(ShipError::Unreachable(reason)),
+            Err(e) => Err(ShipError::Unreachable(e.to_string())),
         }
     }
 
@@ -406,27 +302,19 @@ pub const LOCAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Tells every peer this replica has (re)started, so their senders skip their backoff.
 /// Best effort: a peer that is down will announce itself when it comes back. A peer that
 /// refuses this replica's membership is logged as an error.
-pub async fn announce(peers: Vec<Member>, http: reqwest::Client, auth: PeerAuth) {
-    let me = auth.from();
+pub async fn announce(peers: Vec<Member>, client: PeerClient) {
+    let me = client.auth().from();
     let mut calls = tokio::task::JoinSet::new();
     for peer in peers {
-        let (http, auth) = (http.clone(), auth.clone());
+        let client = client.clone();
         calls.spawn(async move {
-            let body = crate::protocol::HelloRequest { from: me };
-            let sent =
-                signed_post(&http, &auth, &peer.address(), "/peer/hello", &body).timeout(CONNECT_TIMEOUT).send().await;
-            match sent {
-                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
-                    let text = r.text().await.unwrap_or_default();
-                    error!(
-                        "replica {me} → replica {} ({}): MEMBERSHIP MISMATCH: {}",
-                        peer.id,
-                        peer.address(),
-                        text.trim()
-                    );
+            let body = crate::net::protocol::HelloRequest { from: me };
+            match client.notify(&peer, "/peer/hello", &body, Some(CONNECT_TIMEOUT)).await {
+                Ok(()) => (peer.id, true),
+                Err(PeerError::Membership { message, .. }) => {
+                    error!("replica {me} → replica {} ({}): MEMBERSHIP MISMATCH: {message}", peer.id, peer.address());
                     (peer.id, false)
                 }
-                Ok(r) => (peer.id, r.status().is_success()),
                 Err(_) => (peer.id, false),
             }
         });

@@ -132,7 +132,7 @@ fn shape_hyper_error(buf: &[u8]) -> Option<Vec<u8>> {
         400 => "malformed HTTP request: it could not be parsed (request line, header or framing)".to_string(),
         414 => format!(
             "request line too long (over 65534 bytes); keys are at most {} bytes",
-            crate::protocol::MAX_KEY_BYTES
+            crate::net::protocol::MAX_KEY_BYTES
         ),
         431 => "request headers too large".to_string(),
         _ => status_line.get(13..).unwrap_or("error").to_string(),

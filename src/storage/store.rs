@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sha2::{Digest, Sha256};
 
-use crate::clock::VectorClock;
-use crate::cluster::{Layout, ReplicaId};
+use crate::core::clock::VectorClock;
+use crate::core::cluster::{Layout, ReplicaId};
 use crate::error::{Error, Result};
-use crate::versions::{MergeOutcome, SiblingSet, Version};
+use crate::core::versions::{MergeOutcome, SiblingSet, Version};
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");

@@ -83,7 +83,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Causality, VectorClock, MAX_COUNTER};
+use crate::core::clock::{Causality, VectorClock, MAX_COUNTER};
 
 /// One version of a key: a value or a tombstone, with the clock that stamps it.
 ///

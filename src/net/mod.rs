@@ -1,0 +1,19 @@
+//! Everything that crosses the network.
+//!
+//! - `protocol`: the JSON shapes both sides speak, and the documented limits (may use `core`);
+//! - `auth`: peer identity, cluster id and request signatures (may use `core`);
+//! - `peer`: the HTTP client of the peer protocol, with typed errors (may use `core`, `error`,
+//!   `protocol`, `auth`);
+//! - `client`: the typed client library of the public API (may use `core`, `protocol`);
+//! - `api`: the HTTP edge, axum routes and JSON errors (may use anything below it: `core`,
+//!   `error`, `protocol`, `auth`, `node`);
+//! - `server`: the connection layer under the app (may use `protocol`).
+//!
+//! Lower modules of `net` never use `node` or `sync`; only `api` sits above the node.
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod peer;
+pub mod protocol;
+pub mod server;

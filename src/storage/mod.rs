@@ -1,0 +1,25 @@
+//! Durable state: one redb file per replica holding the sibling sets and the per-peer outboxes,
+//! committed together; fault recording, reopening and repair of that file.
+//!
+//! Owns: the store file and everything written to it. Synchronous: callers run it on the
+//! blocking pool. May use: `core`, `error`.
+
+pub mod store;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use store::Store;
+
+/// Runs synchronous store work on tokio's blocking pool (redb calls block on disk). The task
+/// runs to its end even if the awaiting future is dropped.
+pub(crate) async fn on_store<T: Send + 'static>(
+    store: &Arc<Store>,
+    work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+}
+
