@@ -28,8 +28,8 @@
 //!   core/       clock, versions (sibling sets, write and merge rules), cluster membership: pure
 //! ```
 //!
-//! `local` (start, stop, crash real replica processes on loopback) serves the tests, the driver
-//! and the report; it uses only `net::client` and `core`.
+//! The harness that starts, stops and crashes real replica processes for the tests, the driver
+//! and the report is a separate crate, `vkv-testkit` (`testkit/`), outside the product.
 //!
 //! # Example
 //!
@@ -45,7 +45,6 @@
 
 mod core;
 pub mod error;
-pub mod local;
 mod net;
 mod node;
 mod storage;

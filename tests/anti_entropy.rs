@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use vkv::local::{free_ports, LocalCluster, Stop};
 use vkv::store::Store;
+use vkv_testkit::{free_ports, LocalCluster, Stop};
 
 const N: usize = 5;
 

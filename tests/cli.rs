@@ -3,7 +3,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use vkv::local::{free_ports, LocalCluster, Stop};
+use vkv_testkit::{free_ports, LocalCluster, Stop};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_vkv-server");
 const CLI: &str = env!("CARGO_BIN_EXE_vkv");

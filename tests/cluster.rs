@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use vkv::clock::{Causality, VectorClock};
-use vkv::local::{free_ports, LocalCluster, Stop};
 use vkv::protocol::ReadResponse;
+use vkv_testkit::{free_ports, LocalCluster, Stop};
 
 const N: usize = 5;
 const SETTLE: Duration = Duration::from_secs(15);

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vkv::client::Client;
-use vkv::local::{free_ports, LocalCluster, LocalMember};
+use vkv_testkit::{free_ports, LocalCluster, LocalMember};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_vkv-server");
 const CLI: &str = env!("CARGO_BIN_EXE_vkv");
@@ -370,7 +370,7 @@ async fn a_damaged_store_is_reported_and_repaired_from_the_peers() {
     let file = cluster.data_dir(3).join("vkv.redb");
     let pages = std::fs::metadata(&file).unwrap().len() / 4096;
     for (round, page) in [1, pages / 2, pages - 1].into_iter().enumerate() {
-        cluster.stop(3, vkv::local::Stop::Clean).ok();
+        cluster.stop(3, vkv_testkit::Stop::Clean).ok();
         let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
         f.seek(SeekFrom::Start(page * 4096)).unwrap();
         f.write_all(&[0x5Au8; 4096]).unwrap();
@@ -410,7 +410,7 @@ async fn a_damaged_store_is_reported_and_repaired_from_the_peers() {
             }
             _ => {}
         }
-        cluster.stop(3, vkv::local::Stop::Crash).ok();
+        cluster.stop(3, vkv_testkit::Stop::Crash).ok();
         // The operator's path: restart with --repair.
         let log_path = root.path().join(format!("repair-{round}.log"));
         let _repaired = spawn(cluster.command(3).arg("--repair"), &log_path);

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vkv::local::{free_ports, LocalCluster};
+use vkv_testkit::{free_ports, LocalCluster};
 
 const N: usize = 5;
 const CLIENTS: usize = 6;

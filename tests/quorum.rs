@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use vkv::client::ClientError;
-use vkv::local::{free_ports, LocalCluster, Stop};
 use vkv::store::Store;
+use vkv_testkit::{free_ports, LocalCluster, Stop};
 
 const N: usize = 5;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vkv::client::ClientError;
 use vkv::clock::VectorClock;
-use vkv::local::{free_ports, LocalCluster, Stop};
+use vkv_testkit::{free_ports, LocalCluster, Stop};
 
 const N: usize = 5;
 

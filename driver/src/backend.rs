@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 use vkv::client::Client;
-use vkv::local::{LocalCluster, Stop};
+use vkv_testkit::{LocalCluster, Stop};
 
 /// Time a (re)started replica has to answer `/health`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -18,8 +18,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vkv::client::{Client, ClientError};
-use vkv::local::Stop;
 use vkv::versions::Version;
+use vkv_testkit::Stop;
 
 use crate::scenarios::Ctx;
 use crate::{say, sets};

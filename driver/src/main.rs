@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use vkv::local::LocalCluster;
+use vkv_testkit::LocalCluster;
 
 use backend::{Backend, Docker};
 use report::Report;
@@ -180,7 +180,7 @@ async fn main() -> ExitCode {
         }
         Backend::Docker(Docker::new(&args.compose_file, n, args.base_port))
     } else {
-        let server = match args.server_bin.clone().map(Ok).unwrap_or_else(vkv::local::server_binary) {
+        let server = match args.server_bin.clone().map(Ok).unwrap_or_else(vkv_testkit::server_binary) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };

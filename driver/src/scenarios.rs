@@ -6,10 +6,10 @@ use std::time::Duration;
 use tokio::sync::Barrier;
 use vkv::client::ClientError;
 use vkv::clock::{Causality, VectorClock};
-use vkv::local::Stop;
 use vkv::protocol::ReadResponse;
 use vkv::store::Store;
 use vkv::versions::Version;
+use vkv_testkit::Stop;
 
 use crate::backend::{describe, Backend};
 use crate::report::Report;

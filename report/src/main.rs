@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use vkv::local::{LocalCluster, LocalMember, Stop};
+use vkv_testkit::{LocalCluster, LocalMember, Stop};
 
 use measure::{Plan, Results, Site};
 use regions::Regions;
@@ -337,7 +337,7 @@ async fn simulate(args: &Args, regions: Regions, down: usize) -> Result<(), Stri
     let plan = plan(args);
     let server = match &args.server_bin {
         Some(p) => p.clone(),
-        None => vkv::local::server_binary()?,
+        None => vkv_testkit::server_binary()?,
     };
     let work = PathBuf::from("vkv-data/report");
     println!(

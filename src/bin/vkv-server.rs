@@ -13,10 +13,10 @@ use std::time::Duration;
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use vkv::replica::AntiEntropyConfig;
 use vkv::auth::{ClusterKey, KEY_ENV};
 use vkv::cluster::Layout;
 use vkv::protocol::{DEFAULT_MAX_VALUE_BYTES, MAX_REPLICATE_BODY_BYTES, MAX_VALUE_BYTES_LIMIT};
+use vkv::replica::AntiEntropyConfig;
 
 /// Shortest anti-entropy period accepted (0 turns it off): each round hashes the whole store on
 /// both sides, so much shorter periods keep idle replicas busy.

@@ -202,7 +202,9 @@ mod tests {
         let classify = |status: u16, body: &str| {
             PeerError::from_status("/replicate", reqwest::StatusCode::from_u16(status).unwrap(), body)
         };
-        assert!(matches!(classify(400, r#"{"error":"bad key"}"#), PeerError::Refused { status: 400, message, .. } if message == "bad key"));
+        assert!(
+            matches!(classify(400, r#"{"error":"bad key"}"#), PeerError::Refused { status: 400, message, .. } if message == "bad key")
+        );
         assert!(matches!(classify(413, "too large"), PeerError::Refused { status: 413, .. }));
         assert!(matches!(classify(409, r#"{"error":"MEMBERSHIP MISMATCH"}"#), PeerError::Membership { .. }));
         assert!(matches!(classify(401, "{}"), PeerError::Failed { status: 401, .. }));

@@ -22,11 +22,11 @@ use tracing::info;
 
 use crate::core::clock::VectorClock;
 use crate::core::cluster::{Member, ReplicaId};
-use crate::error::{Error, Result};
-use crate::net::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse};
-use crate::net::peer::PeerError;
-use crate::node::replica::Replica;
 use crate::core::versions::SiblingSet;
+use crate::error::{Error, Result};
+use crate::net::peer::PeerError;
+use crate::net::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse};
+use crate::node::replica::Replica;
 
 /// How long a quorum read or write waits for peers before answering 503.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(2);

@@ -41,4 +41,3 @@ impl PeerLink {
         self.work.notify_one();
     }
 }
-

@@ -6,5 +6,8 @@
 //! the background tasks use the node, not the other way round.
 
 pub mod coordinator;
+pub mod decisions;
 pub mod link;
 pub mod replica;
+mod status;
+mod validate;

@@ -17,28 +17,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::net::auth::{ClusterKey, PeerAuth};
-use crate::core::clock::{VectorClock, MAX_COUNTER};
+use crate::core::clock::VectorClock;
 use crate::core::cluster::{Layout, ReplicaId};
+use crate::core::versions::{SiblingSet, Suspect, Version};
 use crate::error::{Error, Result};
-use crate::net::protocol::{
-    PeerReadRequest, PeerReadResponse, PeerStatus,
-    ReplicateEntry, ReplicateRequest, ReplicateResponse, StatusResponse, MAX_BATCH_KEYS,
-    MAX_KEY_BYTES, MAX_VERSIONS_PER_ENTRY,
-};
+use crate::net::auth::{ClusterKey, PeerAuth};
 use crate::net::peer::PeerClient;
+use crate::net::protocol::{
+    PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse, MAX_BATCH_KEYS,
+};
+use crate::node::decisions;
 pub use crate::node::link::PeerLink;
+pub use crate::node::validate::validate_key;
 use crate::storage::on_store;
 use crate::storage::store::{MergeRecord, Refused, Store};
-use crate::core::versions::{MergeOutcome, SiblingSet, Suspect, Version, WriteRefusal};
-
-/// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
-/// at the same number): so many concurrent versions mean clients write without reading the
-/// context, and reads grow with every one.
-pub const SIBLING_WARN_THRESHOLD: usize = 25;
 
 /// Settings of the anti-entropy task.
 #[derive(Debug, Clone)]
@@ -80,85 +74,6 @@ pub struct Replica {
     anti_entropy: Option<AntiEntropyConfig>,
     /// True from the start on an empty data dir until every peer's keys were pulled.
     recovering: AtomicBool,
-}
-
-/// Checks a key against the documented limits.
-pub fn validate_key(key: &str) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::InvalidInput("the key must not be empty".into()));
-    }
-    if key == "." || key == ".." {
-        // URLs treat these segments as path navigation: no client could address such a key.
-        return Err(Error::InvalidInput(format!("{key:?} cannot be a key: URLs treat it as a path step")));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(Error::TooLarge(format!("the key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
-    }
-    Ok(())
-}
-
-/// A value shortened for a log line.
-fn preview(value: Option<&str>) -> String {
-    match value {
-        None => "(delete)".to_string(),
-        Some(s) if s.chars().count() <= 24 => format!("{s:?}"),
-        Some(s) => format!("{:?}…", s.chars().take(24).collect::<String>()),
-    }
-}
-
-/// Local clocks for a log line: `(none)`, `[1, 0, 0]` or `{[1, 0, 0] ∥ [0, 1, 0]}`.
-fn show_clocks(clocks: &[VectorClock]) -> String {
-    match clocks {
-        [] => "(none)".to_string(),
-        [one] => one.to_string(),
-        many => format!("{{{}}}", many.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ∥ ")),
-    }
-}
-
-/// The error for a refused client write, logged as the replica's decision. A context that does
-/// not cover the local set is a conflict the client resolves (409, with every version it
-/// missed); the other refusals mean the context cannot have come from a GET of this key (400).
-fn refused(
-    me: ReplicaId,
-    n: usize,
-    key: &str,
-    what: &str,
-    current: &SiblingSet,
-    context: Option<&VectorClock>,
-    refusal: WriteRefusal,
-) -> Error {
-    let local = current.context(n);
-    match refusal {
-        WriteRefusal::NotCovered => {
-            let ctx = context.cloned().unwrap_or_else(|| VectorClock::zero(n));
-            let missed: Vec<VectorClock> = current.not_covered_by(&ctx).map(|v| v.clock.clone()).collect();
-            let clocks: Vec<VectorClock> = current.versions().iter().map(|v| v.clock.clone()).collect();
-            warn!(
-                "replica {me} · key {key:?} · {what} vs local {} → CONFLICT, refused (409): the client never saw {}",
-                show_clocks(&clocks),
-                show_clocks(&missed)
-            );
-            Error::StaleContext {
-                message: format!(
-                    "conflict: key {key:?} holds {} version(s) the context {ctx} does not cover ({}); nothing was \
-                     written. Merge the versions returned and write again with the context returned",
-                    missed.len(),
-                    show_clocks(&missed)
-                ),
-                key: key.to_string(),
-                versions: current.versions().to_vec(),
-                context: local,
-            }
-        }
-        WriteRefusal::ContextAhead => Error::InvalidInput(format!(
-            "the context {} is ahead of this replica for key {key:?} (it holds {local}); send the context of a GET \
-             of this key",
-            context.map(ToString::to_string).unwrap_or_default()
-        )),
-        WriteRefusal::CounterLimit => Error::InvalidInput(format!(
-            "the new clock would pass the counter limit {MAX_COUNTER}: the context is not from a GET of this key"
-        )),
-    }
 }
 
 impl Replica {
@@ -261,32 +176,6 @@ impl Replica {
         on_store(&self.store, work).await
     }
 
-    fn check_context(&self, context: Option<&VectorClock>) -> Result<()> {
-        let Some(c) = context else { return Ok(()) };
-        if c.len() != self.layout.n() {
-            return Err(Error::InvalidInput(format!(
-                "clock {c} has {} counters; this cluster has N = {}",
-                c.len(),
-                self.layout.n()
-            )));
-        }
-        if c.counters().iter().any(|&x| x > MAX_COUNTER) {
-            return Err(Error::InvalidInput(format!("clock {c} has a counter above the limit {MAX_COUNTER}")));
-        }
-        Ok(())
-    }
-
-    fn check_value(&self, value: &str) -> Result<()> {
-        if value.len() > self.max_value_bytes {
-            return Err(Error::TooLarge(format!(
-                "the value is {} bytes; the limit is {} (--max-value-bytes)",
-                value.len(),
-                self.max_value_bytes
-            )));
-        }
-        Ok(())
-    }
-
     /// A client write (`value = Some`) or delete (`None`) coordinated here. Returns the new clock
     /// once the new version and the peers' outbox marks are committed to disk.
     ///
@@ -310,7 +199,7 @@ impl Replica {
         let links = self.links.clone();
         self.blocking(move |store| {
             let mut what = match &value {
-                Some(_) => format!("client write {}", preview(value.as_deref())),
+                Some(_) => format!("client write {}", decisions::preview(value.as_deref())),
                 None => "client delete".to_string(),
             };
             if let Some(ctx) = &context {
@@ -319,7 +208,7 @@ impl Replica {
             let (clock, replaced) = store.write_local(&key, |current| {
                 let clock = current
                     .client_write(n, context.as_ref(), position)
-                    .map_err(|refusal| refused(me, n, &key, &what, current, context.as_ref(), refusal))?;
+                    .map_err(|refusal| decisions::refused(me, n, &key, &what, current, context.as_ref(), refusal))?;
                 let version = Version { clock: clock.clone(), value };
                 Ok((SiblingSet::single(version), (clock, current.len())))
             })?;
@@ -356,47 +245,13 @@ impl Replica {
         let mut changed = 0;
         for (record, version) in records.iter().zip(versions) {
             changed += usize::from(record.outcome.changed());
-            self.log_merge(from, record, version);
+            decisions::merge(self.id(), from, record, version);
         }
         // The peer is evidently up: if our sender to it is backing off, let it retry now.
         if let Some(link) = self.links.iter().find(|l| l.member.id == from) {
             link.peer_is_up();
         }
         Ok(ReplicateResponse { keys, changed })
-    }
-
-    /// Refuses a peer request from an id that is not a peer of this replica (409).
-    pub(crate) fn check_peer(&self, from: ReplicaId, what: &str) -> Result<()> {
-        if from == self.id() || self.layout.member(from).is_none() {
-            return Err(Error::Conflict(format!(
-                "{what} from {from}, which is not a peer of replica {} (members 1..={})",
-                self.id(),
-                self.layout.n()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks every entry of a peer's batch before anything is applied.
-    fn validate_entries(&self, batch: Vec<ReplicateEntry>) -> Result<Vec<(String, Vec<Version>)>> {
-        let mut entries = Vec::with_capacity(batch.len());
-        for entry in batch {
-            validate_key(&entry.key)?;
-            if entry.versions.is_empty() || entry.versions.len() > MAX_VERSIONS_PER_ENTRY {
-                return Err(Error::InvalidInput(format!(
-                    "key {:?} has {} versions; between 1 and {MAX_VERSIONS_PER_ENTRY} expected",
-                    entry.key,
-                    entry.versions.len()
-                )));
-            }
-            // Values are not checked against this replica's --max-value-bytes: the coordinator
-            // accepted them, and refusing them here would wedge replication. The body limit bounds them.
-            for v in &entry.versions {
-                self.check_context(Some(&v.clock))?;
-            }
-            entries.push((entry.key, entry.versions));
-        }
-        Ok(entries)
     }
 
     /// Merges validated entries in one transaction; returns the records, how many keys changed,
@@ -460,7 +315,7 @@ impl Replica {
                 "replica {} · key {:?} · anti-entropy from replica {from}: local {} vs received {} → {:?}",
                 self.id(),
                 r.key,
-                show_clocks(&r.local),
+                decisions::show_clocks(&r.local),
                 r.received,
                 r.outcome
             );
@@ -488,28 +343,6 @@ impl Replica {
         Ok(PeerReadResponse { versions: set.versions().to_vec() })
     }
 
-    fn log_merge(&self, from: ReplicaId, r: &MergeRecord, v: &Version) {
-        let head = format!(
-            "replica {} · key {:?} · local {} vs received {} {} from replica {from} →",
-            self.id(),
-            r.key,
-            show_clocks(&r.local),
-            preview(v.value.as_deref()),
-            r.received
-        );
-        match r.outcome {
-            MergeOutcome::Created => info!("{head} new key, stored"),
-            MergeOutcome::Updated => info!("{head} no conflict, updated"),
-            MergeOutcome::Stale if r.local.contains(&r.received) => info!("{head} already up to date"),
-            MergeOutcome::Stale => info!("{head} no conflict, local is newer: ignored"),
-            MergeOutcome::Conflict { siblings } if siblings > SIBLING_WARN_THRESHOLD => warn!(
-                "{head} CONFLICT, kept {siblings} siblings — more than {SIBLING_WARN_THRESHOLD}: \
-                 clients should resolve this key by writing with the context they read"
-            ),
-            MergeOutcome::Conflict { siblings } => warn!("{head} CONFLICT, kept {siblings} siblings"),
-        }
-    }
-
     /// A peer announced it (re)started: skip the backoff toward it.
     pub fn peer_hello(&self, from: ReplicaId) -> Result<()> {
         let link = self.links.iter().find(|l| l.member.id == from).ok_or_else(|| {
@@ -518,59 +351,5 @@ impl Replica {
         info!("replica {} · replica {from} ({}) says it is up", self.id(), link.member.address());
         link.peer_is_up();
         Ok(())
-    }
-
-    /// Id, cluster id, members, key count, and per peer: outbox depth, reachability and
-    /// whether it is in the same cluster (its `/health` says its cluster id; probed now).
-    pub async fn status(&self) -> Result<StatusResponse> {
-        let mut probes = JoinSet::new();
-        for link in &self.links {
-            let (peers, member) = (self.peers.clone(), link.member.clone());
-            probes.spawn(async move { (member.id, peers.probe(&member).await) });
-        }
-        let mut probed = std::collections::HashMap::new();
-        while let Some(Ok((id, cluster))) = probes.join_next().await {
-            probed.insert(id, cluster);
-        }
-        let peer_ids: Vec<ReplicaId> = self.links.iter().map(|l| l.member.id).collect();
-        let (depths, keys) = self
-            .blocking(move |store| {
-                let depths = peer_ids.iter().map(|&id| store.outbox_depth(id)).collect::<Result<Vec<_>>>()?;
-                Ok((depths, store.key_count()?))
-            })
-            .await?;
-        let peers = self
-            .links
-            .iter()
-            .zip(depths)
-            .map(|(link, outbox_depth)| {
-                let probe = probed.get(&link.member.id).cloned().flatten();
-                let cluster = probe.clone().flatten();
-                let refusal = link.membership_refusal();
-                let same_cluster = match (&cluster, &refusal) {
-                    (_, Some(_)) => Some(false),
-                    (Some(c), None) => Some(c == self.cluster_id()),
-                    (None, None) => None,
-                };
-                PeerStatus {
-                    id: link.member.id,
-                    address: link.member.address(),
-                    outbox_depth,
-                    reachable: probe.is_some(),
-                    cluster,
-                    same_cluster,
-                    membership_refusal: refusal,
-                }
-            })
-            .collect();
-        Ok(StatusResponse {
-            replica: self.id(),
-            n: self.layout.n(),
-            cluster: self.cluster_id().to_string(),
-            members: self.layout.members().to_vec(),
-            peers,
-            keys,
-            recovering: self.is_recovering(),
-        })
     }
 }

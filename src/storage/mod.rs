@@ -4,6 +4,7 @@
 //! Owns: the store file and everything written to it. Synchronous: callers run it on the
 //! blocking pool. May use: `core`, `error`.
 
+mod file;
 pub mod store;
 
 use std::sync::Arc;
@@ -22,4 +23,3 @@ pub(crate) async fn on_store<T: Send + 'static>(
         .await
         .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
 }
-

@@ -29,8 +29,8 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::core::cluster::Member;
-use crate::net::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::error::{Error, Result};
+use crate::net::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::net::protocol::{ReplicateEntry, AE_MAX_RESPONSE_BYTES};
 use crate::node::replica::{AntiEntropyConfig, Replica};
 
@@ -59,8 +59,11 @@ pub async fn pull_round(
     cursor: &mut Option<String>,
 ) -> Result<RoundReport, String> {
     let mine = replica.range_digests(AE_RANGES).await.map_err(|e| e.to_string())?;
-    let theirs: DigestResponse =
-        replica.peers().call(peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }, None).await.map_err(|e| e.to_string())?;
+    let theirs: DigestResponse = replica
+        .peers()
+        .call(peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }, None)
+        .await
+        .map_err(|e| e.to_string())?;
     if theirs.digests.len() != AE_RANGES {
         return Err(format!("peer sent {} digests for {AE_RANGES} ranges", theirs.digests.len()));
     }
@@ -72,7 +75,8 @@ pub async fn pull_round(
     }
     let request =
         EntriesRequest { from: replica.id(), of: AE_RANGES, ranges: differing, limit: max_keys, after: cursor.clone() };
-    let answer: EntriesResponse = replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
+    let answer: EntriesResponse =
+        replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
     report.pulled = answer.entries.len();
     report.truncated = answer.truncated;
     *cursor = match (answer.truncated, answer.entries.last()) {

@@ -35,8 +35,6 @@ impl Background {
     }
 }
 
-
-
 /// Starts a replica's background tasks: one sender per peer, the recovery of an empty data dir
 /// if it needs one, the anti-entropy rounds if configured, and the announcement to its peers.
 pub fn start(replica: &Arc<Replica>) -> Background {

@@ -27,7 +27,8 @@ async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
             limit: RECOVERY_PAGE,
             after: after.clone(),
         };
-        let answer: EntriesResponse = replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
+        let answer: EntriesResponse =
+            replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
         pulled += answer.entries.len();
         let last = answer.entries.last().map(|e| e.key.clone());
         replica.merge_pulled(peer.id, answer.entries).await.map_err(|e| e.to_string())?;
@@ -99,4 +100,3 @@ pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
         Err(e) => tracing::error!("replica {me} · recovery complete but cannot record it: {e}"),
     }
 }
-

@@ -29,9 +29,9 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::net::peer::{PeerClient, PeerError, CONNECT_TIMEOUT};
 use crate::core::cluster::{Member, ReplicaId};
 use crate::error::Result;
+use crate::net::peer::{PeerClient, PeerError, CONNECT_TIMEOUT};
 use crate::net::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
 use crate::node::link::PeerLink;
 use crate::storage::on_store;

@@ -1,4 +1,5 @@
-//! A cluster of real `vkv-server` processes on loopback, for the driver and the end-to-end tests.
+//! `vkv-testkit`: a cluster of real `vkv-server` processes on loopback, for the driver, the
+//! report and the end-to-end tests — kept out of the product crate.
 //!
 //! Each replica gets its own data dir and log file under one root directory. Replicas can be
 //! stopped cleanly (SIGTERM), crashed (SIGKILL) and started again on the same data dir. Dropping
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::net::client::Client;
+use vkv::client::Client;
 
 /// How a replica is taken offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +86,7 @@ pub fn server_binary() -> Result<PathBuf, String> {
     let server = dir.join("vkv-server");
     let release = dir.file_name().is_some_and(|d| d == "release");
     if let Ok(cargo) = std::env::var("CARGO") {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "vkv", "--bin", "vkv-server", "--bin", "vkv", "--manifest-path"]);
         cmd.arg(&manifest);
@@ -165,12 +166,12 @@ impl LocalCluster {
     }
 
     /// The cluster layout as replica `id` sees it (to open its store while it is stopped).
-    pub fn layout(&self, id: usize) -> crate::core::cluster::Layout {
+    pub fn layout(&self, id: usize) -> vkv::cluster::Layout {
         let me = &self.slots[id - 1].member;
         let peers: Vec<&LocalMember> = self.peers_of(id).collect();
         let hosts: Vec<String> = peers.iter().map(|m| m.host.clone()).collect();
         let ports: Vec<u16> = peers.iter().map(|m| m.port).collect();
-        crate::core::cluster::Layout::from_flags(&me.host, me.port, self.slots.len(), &hosts, &ports)
+        vkv::cluster::Layout::from_flags(&me.host, me.port, self.slots.len(), &hosts, &ports)
             .expect("a local cluster's layout is valid")
     }
 

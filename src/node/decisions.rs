@@ -1,0 +1,103 @@
+//! The replica's decision lines: one function per kind of decision, each writing one log line
+//! in the seed's notation (keys and values escaped, clocks as `[1, 0, 0]`), so that wording lives
+//! in one place.
+
+use tracing::{info, warn};
+
+use crate::core::clock::{VectorClock, MAX_COUNTER};
+use crate::core::cluster::ReplicaId;
+use crate::core::versions::{MergeOutcome, SiblingSet, Version, WriteRefusal};
+use crate::error::Error;
+use crate::storage::store::MergeRecord;
+
+/// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
+/// at the same number): so many concurrent versions mean clients write without reading the
+/// context, and reads grow with every one.
+pub const SIBLING_WARN_THRESHOLD: usize = 25;
+
+/// A value shortened for a log line.
+pub(crate) fn preview(value: Option<&str>) -> String {
+    match value {
+        None => "(delete)".to_string(),
+        Some(s) if s.chars().count() <= 24 => format!("{s:?}"),
+        Some(s) => format!("{:?}…", s.chars().take(24).collect::<String>()),
+    }
+}
+
+/// Local clocks for a log line: `(none)`, `[1, 0, 0]` or `{[1, 0, 0] ∥ [0, 1, 0]}`.
+pub(crate) fn show_clocks(clocks: &[VectorClock]) -> String {
+    match clocks {
+        [] => "(none)".to_string(),
+        [one] => one.to_string(),
+        many => format!("{{{}}}", many.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ∥ ")),
+    }
+}
+
+/// The error for a refused client write, logged as the replica's decision. A context that does
+/// not cover the local set is a conflict the client resolves (409, with every version it
+/// missed); the other refusals mean the context cannot have come from a GET of this key (400).
+pub(crate) fn refused(
+    me: ReplicaId,
+    n: usize,
+    key: &str,
+    what: &str,
+    current: &SiblingSet,
+    context: Option<&VectorClock>,
+    refusal: WriteRefusal,
+) -> Error {
+    let local = current.context(n);
+    match refusal {
+        WriteRefusal::NotCovered => {
+            let ctx = context.cloned().unwrap_or_else(|| VectorClock::zero(n));
+            let missed: Vec<VectorClock> = current.not_covered_by(&ctx).map(|v| v.clock.clone()).collect();
+            let clocks: Vec<VectorClock> = current.versions().iter().map(|v| v.clock.clone()).collect();
+            warn!(
+                "replica {me} · key {key:?} · {what} vs local {} → CONFLICT, refused (409): the client never saw {}",
+                show_clocks(&clocks),
+                show_clocks(&missed)
+            );
+            Error::StaleContext {
+                message: format!(
+                    "conflict: key {key:?} holds {} version(s) the context {ctx} does not cover ({}); nothing was \
+                     written. Merge the versions returned and write again with the context returned",
+                    missed.len(),
+                    show_clocks(&missed)
+                ),
+                key: key.to_string(),
+                versions: current.versions().to_vec(),
+                context: local,
+            }
+        }
+        WriteRefusal::ContextAhead => Error::InvalidInput(format!(
+            "the context {} is ahead of this replica for key {key:?} (it holds {local}); send the context of a GET \
+             of this key",
+            context.map(ToString::to_string).unwrap_or_default()
+        )),
+        WriteRefusal::CounterLimit => Error::InvalidInput(format!(
+            "the new clock would pass the counter limit {MAX_COUNTER}: the context is not from a GET of this key"
+        )),
+    }
+}
+
+/// The decision line for one merged version from replica `from` at replica `me`.
+pub(crate) fn merge(me: ReplicaId, from: ReplicaId, r: &MergeRecord, v: &Version) {
+    let head = format!(
+        "replica {} · key {:?} · local {} vs received {} {} from replica {from} →",
+        me,
+        r.key,
+        show_clocks(&r.local),
+        preview(v.value.as_deref()),
+        r.received
+    );
+    match r.outcome {
+        MergeOutcome::Created => info!("{head} new key, stored"),
+        MergeOutcome::Updated => info!("{head} no conflict, updated"),
+        MergeOutcome::Stale if r.local.contains(&r.received) => info!("{head} already up to date"),
+        MergeOutcome::Stale => info!("{head} no conflict, local is newer: ignored"),
+        MergeOutcome::Conflict { siblings } if siblings > SIBLING_WARN_THRESHOLD => warn!(
+            "{head} CONFLICT, kept {siblings} siblings — more than {SIBLING_WARN_THRESHOLD}: \
+             clients should resolve this key by writing with the context they read"
+        ),
+        MergeOutcome::Conflict { siblings } => warn!("{head} CONFLICT, kept {siblings} siblings"),
+    }
+}

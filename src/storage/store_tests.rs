@@ -1,0 +1,260 @@
+//! Tests of the store: marks, limits, digests, first starts, damage and repair.
+
+use super::*;
+use crate::core::cluster::Layout;
+use crate::storage::file::Repair;
+
+fn layout(port: u16) -> Layout {
+    let all = [7000u16, 7001, 7002];
+    let peers: Vec<u16> = all.iter().copied().filter(|p| *p != port).collect();
+    Layout::from_flags("127.0.0.1", port, 3, &vec!["127.0.0.1".into(); 2], &peers).unwrap()
+}
+
+fn no_check(_: &str, _: &SiblingSet, _: &Version) -> std::result::Result<(), String> {
+    Ok(())
+}
+
+fn put(store: &Store, key: &str, value: &str) -> VectorClock {
+    store
+        .write_local(key, |cur| {
+            let clock = cur.client_write(3, None, 0).unwrap();
+            Ok((SiblingSet::single(Version::value(value, clock.clone())), clock))
+        })
+        .unwrap()
+}
+
+#[test]
+fn write_marks_every_peer_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        assert_eq!(put(&store, "k", "v1"), VectorClock::from(vec![1, 0, 0]));
+        assert_eq!(put(&store, "k", "v2"), VectorClock::from(vec![2, 0, 0]));
+        assert_eq!(store.outbox_depth(2).unwrap(), 1, "ten writes, one mark");
+        assert_eq!(store.outbox_depth(3).unwrap(), 1);
+    }
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    assert_eq!(store.get("k").unwrap().versions()[0].value.as_deref(), Some("v2"));
+    assert_eq!(store.outbox_depth(2).unwrap(), 1);
+    assert_eq!(store.key_count().unwrap(), 1);
+}
+
+#[test]
+fn acknowledge_keeps_keys_written_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    put(&store, "a", "1");
+    put(&store, "b", "1");
+    let batch = store.pending(2, None, 10, usize::MAX, &HashSet::new()).unwrap();
+    assert_eq!(batch.len(), 2);
+    put(&store, "b", "2"); // lands while the batch is "in flight"
+    let delivered: Vec<_> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
+    assert_eq!(store.acknowledge(2, &delivered).unwrap(), 1);
+    let left = store.pending(2, None, 10, usize::MAX, &HashSet::new()).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key, "b");
+    assert_eq!(left[0].set.versions()[0].value.as_deref(), Some("2"));
+    assert_eq!(store.outbox_depth(3).unwrap(), 2, "other peers are untouched");
+}
+
+/// A store of replica 1 holding `keys`, each written once locally.
+fn store_with(keys: &[&str]) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    for k in keys {
+        put(&store, k, "value");
+    }
+    (dir, store)
+}
+
+#[test]
+fn pending_respects_key_and_byte_limits() {
+    let (_dir, store) = store_with(&["a", "b", "c", "d"]);
+    assert_eq!(store.pending(2, None, 3, usize::MAX, &HashSet::new()).unwrap().len(), 3);
+    assert_eq!(store.pending(2, None, 10, 1, &HashSet::new()).unwrap().len(), 1, "at least one key ships");
+}
+
+#[test]
+fn pending_resumes_after_the_cursor_and_wraps_around() {
+    let (_dir, store) = store_with(&["a", "b", "c", "d"]);
+    let none = HashSet::new();
+    let keys = |b: Vec<Pending>| b.into_iter().map(|p| p.key).collect::<Vec<_>>();
+    assert_eq!(keys(store.pending(2, Some("b"), 10, usize::MAX, &none).unwrap()), ["c", "d", "a", "b"]);
+    assert_eq!(keys(store.pending(2, Some("b"), 2, usize::MAX, &none).unwrap()), ["c", "d"]);
+    assert_eq!(keys(store.pending(2, Some("zzz"), 3, usize::MAX, &none).unwrap()), ["a", "b", "c"]);
+    let skip: HashSet<String> = ["a".to_string(), "c".to_string()].into();
+    assert_eq!(keys(store.pending(2, None, 10, usize::MAX, &skip).unwrap()), ["b", "d"]);
+}
+
+#[test]
+fn equal_contents_give_equal_digests_and_differences_show_in_one_range() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(d1.path(), &layout(7000)).unwrap();
+    let b = Store::open(d2.path(), &layout(7001)).unwrap();
+    let vc = |c: &[u64]| VectorClock::from(c.to_vec());
+    let entries: Vec<(String, Vec<Version>)> =
+        (0..50).map(|i| (format!("k{i}"), vec![Version::value("v", vc(&[1, 0, 0]))])).collect();
+    a.merge_remote(&entries, no_check, false).unwrap();
+    b.merge_remote(&entries.iter().rev().cloned().collect::<Vec<_>>(), no_check, false).unwrap();
+    assert_eq!(a.range_digests(16).unwrap(), b.range_digests(16).unwrap(), "order does not matter");
+    b.merge_remote(&[("k7".into(), vec![Version::value("w", vc(&[0, 1, 0]))])], no_check, false).unwrap();
+    let (da, db) = (a.range_digests(16).unwrap(), b.range_digests(16).unwrap());
+    let differing: HashSet<usize> = (0..16).filter(|&i| da[i] != db[i]).collect();
+    assert_eq!(differing, HashSet::from([range_of("k7", 16)]));
+    let (entries, more) = b.range_entries(16, &differing, None, 1000, usize::MAX).unwrap();
+    assert!(!more);
+    assert!(entries.iter().any(|(k, set)| k == "k7" && set.len() == 2));
+    assert!(entries.iter().all(|(k, _)| range_of(k, 16) == range_of("k7", 16)));
+    let (limited, more) = a.range_entries(16, &(0..16).collect(), None, 10, usize::MAX).unwrap();
+    assert_eq!((limited.len(), more), (10, true));
+    let last = limited.last().unwrap().0.clone();
+    let (rest, more) = a.range_entries(16, &(0..16).collect(), Some(&last), 100, usize::MAX).unwrap();
+    assert_eq!((rest.len(), more), (40, false), "paging after the last key returns the rest");
+    assert!(rest.iter().all(|(k, _)| k.as_str() > last.as_str()));
+}
+
+#[test]
+fn a_new_store_needs_recovery_until_marked_and_a_reopened_one_remembers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    assert!(store.needs_recovery().unwrap());
+    drop(store);
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    assert!(store.needs_recovery().unwrap(), "a crash during recovery resumes it");
+    store.mark_recovered().unwrap();
+    drop(store);
+    assert!(!Store::open(dir.path(), &layout(7000)).unwrap().needs_recovery().unwrap());
+}
+
+#[test]
+fn clear_outbox_drops_only_that_peers_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    put(&store, "a", "1");
+    put(&store, "b", "1");
+    assert_eq!(store.clear_outbox(2).unwrap(), 2);
+    assert_eq!(store.outbox_depth(2).unwrap(), 0);
+    assert_eq!(store.outbox_depth(3).unwrap(), 2);
+    assert_eq!(store.key_count().unwrap(), 2, "data stays");
+}
+
+#[test]
+fn merge_remote_reports_each_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    put(&store, "k", "local"); // [1, 0, 0]
+    let vc = |c: &[u64]| VectorClock::from(c.to_vec());
+    let (records, _) = store
+        .merge_remote(
+            &[
+                ("k".into(), vec![Version::value("newer", vc(&[2, 0, 0]))]),
+                ("k".into(), vec![Version::value("old", vc(&[1, 0, 0]))]),
+                ("k".into(), vec![Version::value("other", vc(&[0, 1, 0]))]),
+                ("fresh".into(), vec![Version::value("x", vc(&[0, 0, 1]))]),
+            ],
+            no_check,
+            false,
+        )
+        .unwrap();
+    let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![MergeOutcome::Updated, MergeOutcome::Stale, MergeOutcome::Conflict { siblings: 2 }, MergeOutcome::Created]
+    );
+    assert_eq!(records[0].local, vec![vc(&[1, 0, 0])]);
+    assert_eq!(store.get("k").unwrap().len(), 2);
+    assert_eq!(store.outbox_depth(2).unwrap(), 1, "merges do not queue anything");
+}
+
+#[test]
+fn a_merge_that_changes_nothing_commits_nothing_and_refused_entries_apply_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    let vc = |c: &[u64]| VectorClock::from(c.to_vec());
+    let batch = vec![("k".to_string(), vec![Version::value("v", vc(&[0, 1, 0]))])];
+    let before = store.commits();
+    store.merge_remote(&batch, no_check, false).unwrap();
+    assert_eq!(store.commits(), before + 1);
+    let (records, _) = store.merge_remote(&batch, no_check, false).unwrap();
+    assert_eq!(records[0].outcome, MergeOutcome::Stale);
+    assert_eq!(store.commits(), before + 1, "the same batch again: no commit");
+    let refuse_x = |k: &str, _: &SiblingSet, _: &Version| if k == "x" { Err(format!("{k} refused")) } else { Ok(()) };
+    let mixed = vec![
+        ("a".to_string(), vec![Version::value("a", vc(&[0, 0, 1]))]),
+        ("x".to_string(), vec![Version::value("x", vc(&[0, 0, 1]))]),
+    ];
+    let err = store.merge_remote(&mixed, refuse_x, false).unwrap_err();
+    assert!(err.to_string().contains("x refused"), "{err}");
+    assert!(store.get("a").unwrap().is_empty(), "all or nothing");
+    let (records, skipped) = store.merge_remote(&mixed, refuse_x, true).unwrap();
+    assert_eq!(skipped, vec![("x".to_string(), "x refused".to_string())]);
+    assert_eq!(records.len(), 1);
+    assert_eq!(store.get("a").unwrap().len(), 1);
+    assert!(store.get("x").unwrap().is_empty());
+}
+
+#[test]
+fn an_interrupted_first_start_is_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    // A temp file of a first start killed before its rename: ignored and rebuilt.
+    std::fs::write(dir.path().join("vkv.redb.init"), b"partial").unwrap();
+    drop(Store::open(dir.path(), &layout(7000)).unwrap());
+    assert!(!dir.path().join("vkv.redb.init").exists());
+    // A store file without redb's magic number (an older version killed at its first start).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DB_FILE), vec![0u8; 4096]).unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    assert!(store.needs_recovery().unwrap());
+    assert!(dir.path().join("vkv.redb.interrupted-first-start").exists(), "kept for the operator");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DB_FILE), b"").unwrap();
+    assert!(Store::open(dir.path(), &layout(7000)).is_ok(), "an empty file is an interrupted start too");
+}
+
+/// Overwrites `pages` 4 KiB pages of the store file from `first` on with a pattern.
+fn damage(dir: &Path, first: u64, pages: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(dir.join(DB_FILE)).unwrap();
+    file.seek(SeekFrom::Start(first * 4096)).unwrap();
+    file.write_all(&vec![0xA5; (pages * 4096) as usize]).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[test]
+fn a_damaged_store_is_refused_with_the_repair_hint_and_repair_moves_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &layout(7000)).unwrap();
+        for i in 0..300 {
+            put(&store, &format!("key-{i}"), &"v".repeat(100));
+        }
+    }
+    let size = std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len() / 4096;
+    damage(dir.path(), 1, size - 1);
+    let err = Store::open(dir.path(), &layout(7000)).err().expect("a damaged store must not open");
+    assert!(err.to_string().contains("--repair"), "{err}");
+    let Repair::MovedAside(aside) = Store::repair(dir.path(), &layout(7000)).unwrap() else {
+        panic!("the damaged store was not moved aside");
+    };
+    assert!(aside.exists());
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    assert!(store.needs_recovery().unwrap(), "a repaired replica recovers from its peers");
+    assert_eq!(store.key_count().unwrap(), 0);
+    drop(store);
+    assert_eq!(Store::repair(dir.path(), &layout(7000)).unwrap(), Repair::Intact);
+    let err = Store::repair(dir.path(), &layout(7001)).expect_err("another member's intact store is no damage");
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(Store::repair(empty.path(), &layout(7000)).unwrap(), Repair::NoStore);
+}
+
+#[test]
+fn refuses_a_data_dir_of_another_layout_or_member() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), &layout(7000)).unwrap());
+    let err = Store::open(dir.path(), &layout(7001)).err().expect("must refuse");
+    assert!(err.to_string().contains("belongs to member 127.0.0.1:7000"), "{err}");
+    let other = Layout::from_flags("127.0.0.1", 7000, 2, &["127.0.0.1".into()], &[7009]).unwrap();
+    let err = Store::open(dir.path(), &other).err().expect("must refuse");
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+}
