@@ -133,11 +133,6 @@ impl Client {
         Ok(Client { base, http })
     }
 
-    /// The base URL.
-    pub fn url(&self) -> &Url {
-        &self.base
-    }
-
     fn key_url(&self, key: &str) -> Result<Url, ClientError> {
         if key.is_empty() || key == "." || key == ".." {
             return Err(ClientError::InvalidKey(key.to_string()));

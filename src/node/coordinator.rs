@@ -26,6 +26,7 @@ use crate::core::versions::SiblingSet;
 use crate::error::{Error, Result};
 use crate::net::peer::PeerError;
 use crate::net::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse};
+use crate::node::replica::MergeSource;
 use crate::node::replica::Replica;
 
 /// How long a quorum read or write waits for peers before answering 503.
@@ -127,7 +128,7 @@ pub async fn read_quorum(replica: &Arc<Replica>, key: &str, r: usize) -> Result<
     let mut repaired: Vec<ReplicaId> = Vec::new();
     if merged != local {
         let entry = ReplicateEntry { key: key.to_string(), versions: merged.versions().to_vec() };
-        replica.merge_pulled(replica.id(), vec![entry]).await?;
+        replica.merge_pulled(MergeSource::ReadRepair, vec![entry]).await?;
         repaired.push(replica.id());
     }
     for (peer, set) in answers {

@@ -2,7 +2,9 @@
 //! in the seed's notation (keys and values escaped, clocks as `[1, 0, 0]`), so that wording lives
 //! in one place.
 
-use tracing::{info, warn};
+use std::fmt;
+
+use tracing::{debug, info, warn};
 
 use crate::core::clock::{VectorClock, MAX_COUNTER};
 use crate::core::cluster::ReplicaId;
@@ -100,4 +102,49 @@ pub(crate) fn merge(me: ReplicaId, from: ReplicaId, r: &MergeRecord, v: &Version
         ),
         MergeOutcome::Conflict { siblings } => warn!("{head} CONFLICT, kept {siblings} siblings"),
     }
+}
+
+/// Where versions merged into a replica come from, for its decision lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeSource {
+    /// A peer's sender shipped them (`POST /replicate`).
+    Replication(ReplicaId),
+    /// This replica's anti-entropy round pulled them from a peer.
+    AntiEntropy(ReplicaId),
+    /// This replica's recovery pulled them from a peer.
+    Recovery(ReplicaId),
+    /// A quorum read (`?r=K`) at this replica merged them from the replicas it read.
+    ReadRepair,
+}
+
+impl MergeSource {
+    /// The peer the versions came from, if one did.
+    pub fn peer(self) -> Option<ReplicaId> {
+        match self {
+            MergeSource::Replication(p) | MergeSource::AntiEntropy(p) | MergeSource::Recovery(p) => Some(p),
+            MergeSource::ReadRepair => None,
+        }
+    }
+}
+
+impl fmt::Display for MergeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MergeSource::Replication(p) => write!(f, "replication from replica {p}"),
+            MergeSource::AntiEntropy(p) => write!(f, "anti-entropy from replica {p}"),
+            MergeSource::Recovery(p) => write!(f, "recovery from replica {p}"),
+            MergeSource::ReadRepair => f.write_str("read repair"),
+        }
+    }
+}
+
+/// The (debug) line for one key changed by versions this replica fetched itself.
+pub(crate) fn pulled(me: ReplicaId, source: MergeSource, r: &MergeRecord) {
+    debug!(
+        "replica {me} · key {:?} · {source}: local {} vs received {} → {:?}",
+        r.key,
+        show_clocks(&r.local),
+        r.received,
+        r.outcome
+    );
 }

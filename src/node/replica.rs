@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::core::clock::VectorClock;
 use crate::core::cluster::{Layout, ReplicaId};
@@ -29,6 +29,7 @@ use crate::net::protocol::{
     PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse, MAX_BATCH_KEYS,
 };
 use crate::node::decisions;
+pub use crate::node::decisions::MergeSource;
 pub use crate::node::link::PeerLink;
 pub use crate::node::validate::validate_key;
 use crate::storage::on_store;
@@ -294,31 +295,24 @@ impl Replica {
         Ok((records, changed, skipped))
     }
 
-    /// Merges keys pulled by anti-entropy from `from`; returns how many keys changed here.
-    /// Validated like a replication batch, applied all-or-nothing, logged per changed key at debug
-    /// level (the round logs one summary line).
+    /// Merges keys this replica fetched itself — by anti-entropy, recovery or read repair (the
+    /// `source`); returns how many keys changed here. Validated like a replication batch, applied
+    /// in one transaction, logged per changed key at debug level (the caller logs one summary).
     ///
     /// Unlike a replication batch, a pulled page is checked entry by entry: an entry this replica
     /// refuses is skipped with a warning, so one bad key cannot stall anti-entropy or recovery.
-    pub async fn merge_pulled(&self, from: ReplicaId, pulled: Vec<ReplicateEntry>) -> Result<usize> {
+    pub async fn merge_pulled(&self, source: MergeSource, pulled: Vec<ReplicateEntry>) -> Result<usize> {
         let mut entries = Vec::with_capacity(pulled.len());
         for entry in pulled {
             let key = entry.key.clone();
             match self.validate_entries(vec![entry]) {
                 Ok(mut valid) => entries.append(&mut valid),
-                Err(e) => warn!("replica {} · key {key:?} from replica {from} skipped: {e}", self.id()),
+                Err(e) => warn!("replica {} · key {key:?} from {source} skipped: {e}", self.id()),
             }
         }
-        let (records, changed, _) = self.merge_entries(from, &entries, true).await?;
+        let (records, changed, _) = self.merge_entries(source.peer().unwrap_or(self.id()), &entries, true).await?;
         for r in records.iter().filter(|r| r.outcome.changed()) {
-            debug!(
-                "replica {} · key {:?} · anti-entropy from replica {from}: local {} vs received {} → {:?}",
-                self.id(),
-                r.key,
-                decisions::show_clocks(&r.local),
-                r.received,
-                r.outcome
-            );
+            decisions::pulled(self.id(), source, r);
         }
         Ok(changed)
     }

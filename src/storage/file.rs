@@ -141,7 +141,6 @@ impl Store {
         Ok(Store {
             db: RwLock::new(Some(db)),
             path,
-            dir: dir.to_path_buf(),
             peers: layout.peers().map(|m| m.id).collect(),
             commits: AtomicU64::new(0),
             fault: Mutex::new(Fault::default()),

@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 use std::ops::Bound;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
@@ -82,7 +82,6 @@ pub struct Store {
     pub(super) db: RwLock<Option<Database>>,
     pub(super) path: PathBuf,
     pub(super) fault: Mutex<Fault>,
-    pub(super) dir: PathBuf,
     pub(super) peers: Vec<ReplicaId>,
     pub(super) commits: AtomicU64,
 }
@@ -126,11 +125,6 @@ impl Store {
             self.commit(txn)?;
             Ok(())
         })
-    }
-
-    /// The directory holding the store.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The key's sibling set (empty if never written).

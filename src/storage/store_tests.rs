@@ -1,6 +1,8 @@
 //! Tests of the store: marks, limits, digests, first starts, damage and repair.
 
 use super::*;
+use std::path::Path;
+
 use crate::core::cluster::Layout;
 use crate::storage::file::Repair;
 

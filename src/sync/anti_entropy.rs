@@ -32,6 +32,7 @@ use crate::core::cluster::Member;
 use crate::error::{Error, Result};
 use crate::net::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::net::protocol::{ReplicateEntry, AE_MAX_RESPONSE_BYTES};
+use crate::node::replica::MergeSource;
 use crate::node::replica::{AntiEntropyConfig, Replica};
 
 /// What one round did.
@@ -83,7 +84,8 @@ pub async fn pull_round(
         (true, Some(last)) => Some(last.key.clone()),
         _ => None,
     };
-    report.repaired = replica.merge_pulled(peer.id, answer.entries).await.map_err(|e| e.to_string())?;
+    report.repaired =
+        replica.merge_pulled(MergeSource::AntiEntropy(peer.id), answer.entries).await.map_err(|e| e.to_string())?;
     Ok(report)
 }
 

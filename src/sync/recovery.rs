@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::cluster::Member;
 use crate::net::protocol::{EntriesRequest, EntriesResponse, AE_RANGES};
+use crate::node::replica::MergeSource;
 use crate::node::replica::Replica;
 
 /// Keys one recovery request asks for (pages until a peer has sent everything).
@@ -31,7 +32,7 @@ async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
             replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
         pulled += answer.entries.len();
         let last = answer.entries.last().map(|e| e.key.clone());
-        replica.merge_pulled(peer.id, answer.entries).await.map_err(|e| e.to_string())?;
+        replica.merge_pulled(MergeSource::Recovery(peer.id), answer.entries).await.map_err(|e| e.to_string())?;
         match (answer.truncated, last) {
             (true, Some(last)) => after = Some(last),
             _ => return Ok(pulled),

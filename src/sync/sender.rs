@@ -258,7 +258,9 @@ impl Sender {
                 Err(ShipError::Unreachable(reason)) => {
                     match &mut state {
                         PeerState::Up | PeerState::Mismatch => {
-                            let depth = self.store.outbox_depth(pid).unwrap_or(batch.len() as u64);
+                            let depth = on_store(&self.store, move |store| store.outbox_depth(pid))
+                                .await
+                                .unwrap_or(batch.len() as u64);
                             warn!(
                                 "replica {me} → replica {pid} ({addr}) unreachable: {reason}; \
                                  {depth} key(s) queued, retrying with backoff (≤ {BACKOFF_MAX:?})"

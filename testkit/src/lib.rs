@@ -245,11 +245,6 @@ impl LocalCluster {
         }
     }
 
-    /// The OS process id of replica `id`, if running.
-    pub fn pid(&self, id: usize) -> Option<u32> {
-        self.slots[id - 1].child.as_ref().map(Child::id)
-    }
-
     /// Takes replica `id` offline and waits (up to 10 s) for the process to exit.
     pub fn stop(&mut self, id: usize, how: Stop) -> std::io::Result<()> {
         let Some(mut child) = self.slots[id - 1].child.take() else {
