@@ -18,15 +18,14 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tracing::{error, warn};
 
-use crate::core::clock::VectorClock;
 use crate::error::Error;
 use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
 use crate::net::protocol::{
     DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, PeerRequest,
     ReadQuery, ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
 };
-use crate::node::coordinator::{check_quorum, read_quorum, write_quorum};
-use crate::node::replica::{validate_key, Replica};
+use crate::node::coordinator;
+use crate::node::replica::Replica;
 use crate::sync::anti_entropy::{serve_digest, serve_entries};
 
 /// An error on its way to the client.
@@ -105,14 +104,7 @@ async fn read_key(
 ) -> Result<Response, AppError> {
     let Path(key) = key.map_err(from_path)?;
     let Query(query) = query.map_err(from_query)?;
-    let set = match query.r {
-        Some(r) => {
-            check_quorum("r", r, replica.layout().n())?;
-            validate_key(&key)?;
-            read_quorum(&replica, &key, r).await?
-        }
-        None => replica.read(key.clone()).await?,
-    };
+    let set = coordinator::read(&replica, &key, query.r).await?;
     let context = set.context(replica.layout().n());
     if set.is_deleted() {
         // Still give the context (the tombstones' clocks, or zeros): a writer can always send one.
@@ -121,25 +113,6 @@ async fn read_key(
         return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
     }
     Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }).into_response())
-}
-
-/// A client write or delete, then the `?w=K` wait if asked.
-async fn write_with_quorum(
-    replica: &Arc<Replica>,
-    key: String,
-    value: Option<String>,
-    context: Option<VectorClock>,
-    w: Option<usize>,
-) -> Result<Json<WriteResponse>, AppError> {
-    if let Some(w) = w {
-        check_quorum("w", w, replica.layout().n())?;
-    }
-    let clock = replica.write(key.clone(), value, context).await?;
-    let acks = match w {
-        Some(w) => Some(write_quorum(replica, &key, &clock, w).await?),
-        None => None,
-    };
-    Ok(Json(WriteResponse { key, clock, replica: replica.id(), acks }))
 }
 
 async fn write_key(
@@ -151,7 +124,7 @@ async fn write_key(
     let Path(key) = key.map_err(from_path)?;
     let Query(query) = query.map_err(from_query)?;
     let request: WriteRequest = parse(&body.map_err(from_body)?, None)?;
-    write_with_quorum(&replica, key, Some(request.value), request.context, query.w).await
+    Ok(Json(coordinator::write(&replica, key, Some(request.value), request.context, query.w).await?))
 }
 
 async fn delete_key(
@@ -163,7 +136,7 @@ async fn delete_key(
     let Path(key) = key.map_err(from_path)?;
     let Query(query) = query.map_err(from_query)?;
     let request: DeleteRequest = parse(&body.map_err(from_body)?, Some(DeleteRequest::default()))?;
-    write_with_quorum(&replica, key, None, request.context, query.w).await
+    Ok(Json(coordinator::write(&replica, key, None, request.context, query.w).await?))
 }
 
 async fn peer_read(State(replica): Shared, Signed(request): Signed<PeerReadRequest>) -> Result<Response, AppError> {

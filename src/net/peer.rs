@@ -2,6 +2,7 @@
 //! coordinator and the status probes. It signs every request (see [`crate::net::auth`]) and
 //! turns every failure into a [`PeerError`] that says what the caller should do about it.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -96,6 +97,58 @@ impl PeerError {
             e.to_string()
         };
         PeerError::Unreachable { path: path.to_string(), reason }
+    }
+}
+
+/// How a replica's node and background tasks reach its peers. [`PeerClient`] is the real one;
+/// tests put a fake in its place to drive the sender's and the coordinator's decisions without
+/// HTTP.
+pub trait PeerTransport: Clone + Send + Sync + 'static {
+    /// The id of the replica this transport speaks for.
+    fn from(&self) -> crate::core::cluster::ReplicaId;
+
+    /// A `POST path` to `peer`, answered with JSON. `timeout` overrides [`PEER_TIMEOUT`].
+    fn call<Req: Serialize + Sync, Resp: DeserializeOwned>(
+        &self,
+        peer: &Member,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<Resp, PeerError>> + Send;
+
+    /// A `POST path` to `peer` whose answer carries nothing the caller needs.
+    fn notify<Req: Serialize + Sync>(
+        &self,
+        peer: &Member,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<(), PeerError>> + Send;
+}
+
+impl PeerTransport for PeerClient {
+    fn from(&self) -> crate::core::cluster::ReplicaId {
+        self.auth.from()
+    }
+
+    async fn call<Req: Serialize + Sync, Resp: DeserializeOwned>(
+        &self,
+        peer: &Member,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, PeerError> {
+        PeerClient::call(self, peer, path, body, timeout).await
+    }
+
+    async fn notify<Req: Serialize + Sync>(
+        &self,
+        peer: &Member,
+        path: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<(), PeerError> {
+        PeerClient::notify(self, peer, path, body, timeout).await
     }
 }
 

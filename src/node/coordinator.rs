@@ -24,13 +24,48 @@ use crate::core::clock::VectorClock;
 use crate::core::cluster::{Member, ReplicaId};
 use crate::core::versions::SiblingSet;
 use crate::error::{Error, Result};
-use crate::net::peer::PeerError;
-use crate::net::protocol::{PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse};
+use crate::net::peer::{PeerError, PeerTransport};
+use crate::net::protocol::{
+    PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse, WriteResponse,
+};
 use crate::node::replica::MergeSource;
-use crate::node::replica::Replica;
+use crate::node::replica::{validate_key, Replica};
 
 /// How long a quorum read or write waits for peers before answering 503.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client write or delete coordinated here: checks `w`, writes locally (the write rule, the
+/// commit), then waits for `w` replicas if asked. The answer the API sends.
+pub async fn write(
+    replica: &Arc<Replica>,
+    key: String,
+    value: Option<String>,
+    context: Option<VectorClock>,
+    w: Option<usize>,
+) -> Result<WriteResponse> {
+    if let Some(w) = w {
+        check_quorum("w", w, replica.layout().n())?;
+    }
+    let clock = replica.write(key.clone(), value, context).await?;
+    let acks = match w {
+        Some(w) => Some(write_quorum(replica, &key, &clock, w).await?),
+        None => None,
+    };
+    Ok(WriteResponse { key, clock, replica: replica.id(), acks })
+}
+
+/// A client read: this replica's set, or with `r` the merge of `r` replicas' sets (with read
+/// repair).
+pub async fn read(replica: &Arc<Replica>, key: &str, r: Option<usize>) -> Result<SiblingSet> {
+    validate_key(key)?;
+    match r {
+        Some(r) => {
+            check_quorum("r", r, replica.layout().n())?;
+            read_quorum(replica, key, r).await
+        }
+        None => replica.read(key.to_string()).await,
+    }
+}
 
 /// Checks a requested quorum size against N.
 pub fn check_quorum(name: &str, k: usize, n: usize) -> Result<()> {
@@ -40,25 +75,40 @@ pub fn check_quorum(name: &str, k: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-async fn push(replica: &Replica, peer: &Member, key: &str, set: &SiblingSet) -> std::result::Result<(), PeerError> {
+async fn push<P: PeerTransport>(
+    peers: &P,
+    peer: &Member,
+    key: &str,
+    set: &SiblingSet,
+) -> std::result::Result<(), PeerError> {
     let body = ReplicateRequest {
-        from: replica.id(),
+        from: peers.from(),
         entries: vec![ReplicateEntry { key: key.to_string(), versions: set.versions().to_vec() }],
     };
-    replica.peers().call::<_, ReplicateResponse>(peer, "/replicate", &body, Some(QUORUM_TIMEOUT)).await.map(drop)
+    peers.call::<_, ReplicateResponse>(peer, "/replicate", &body, Some(QUORUM_TIMEOUT)).await.map(drop)
 }
 
 /// After a local write of `key`, pushes its set to every peer and waits for `w - 1` acks.
 pub async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock, w: usize) -> Result<usize> {
+    write_quorum_via(replica, replica.peers(), key, clock, w).await
+}
+
+/// [`write_quorum`] through the given transport.
+pub async fn write_quorum_via<P: PeerTransport>(
+    replica: &Arc<Replica>,
+    peers: &P,
+    key: &str,
+    clock: &VectorClock,
+    w: usize,
+) -> Result<usize> {
     if w <= 1 {
         return Ok(1);
     }
     let set = replica.read(key.to_string()).await?;
     let mut pushes = JoinSet::new();
     for peer in replica.layout().peers() {
-        let (peer, set, key) = (peer.clone(), set.clone(), key.to_string());
-        let replica = replica.clone();
-        pushes.spawn(async move { push(&replica, &peer, &key, &set).await.is_ok() });
+        let (peer, set, key, peers) = (peer.clone(), set.clone(), key.to_string(), peers.clone());
+        pushes.spawn(async move { push(&peers, &peer, &key, &set).await.is_ok() });
     }
     let mut acks = 1; // this replica: already durable
     let deadline = tokio::time::Instant::now() + QUORUM_TIMEOUT;
@@ -84,23 +134,37 @@ pub async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock
     Ok(acks)
 }
 
-async fn peer_read(replica: &Replica, peer: &Member, key: &str) -> std::result::Result<SiblingSet, PeerError> {
-    let body = PeerReadRequest { from: replica.id(), key: key.to_string() };
-    let answer: PeerReadResponse = replica.peers().call(peer, "/peer/read", &body, Some(QUORUM_TIMEOUT)).await?;
+async fn peer_read<P: PeerTransport>(
+    peers: &P,
+    peer: &Member,
+    key: &str,
+) -> std::result::Result<SiblingSet, PeerError> {
+    let body = PeerReadRequest { from: peers.from(), key: key.to_string() };
+    let answer: PeerReadResponse = peers.call(peer, "/peer/read", &body, Some(QUORUM_TIMEOUT)).await?;
     Ok(SiblingSet::from_versions(answer.versions))
 }
 
 /// Reads `key` from `r` replicas (this one first), merges their sets, repairs those behind.
 pub async fn read_quorum(replica: &Arc<Replica>, key: &str, r: usize) -> Result<SiblingSet> {
+    read_quorum_via(replica, replica.peers(), key, r).await
+}
+
+/// [`read_quorum`] through the given transport.
+pub async fn read_quorum_via<P: PeerTransport>(
+    replica: &Arc<Replica>,
+    peers: &P,
+    key: &str,
+    r: usize,
+) -> Result<SiblingSet> {
     let local = replica.read(key.to_string()).await?;
     if r <= 1 {
         return Ok(local);
     }
     let mut reads = JoinSet::new();
     for peer in replica.layout().peers().cloned() {
-        let (replica, key) = (replica.clone(), key.to_string());
+        let (peers, key) = (peers.clone(), key.to_string());
         reads.spawn(async move {
-            let set = peer_read(&replica, &peer, &key).await;
+            let set = peer_read(&peers, &peer, &key).await;
             (peer, set)
         });
     }
@@ -134,12 +198,145 @@ pub async fn read_quorum(replica: &Arc<Replica>, key: &str, r: usize) -> Result<
     for (peer, set) in answers {
         if set != merged {
             repaired.push(peer.id);
-            let (replica, key, merged) = (replica.clone(), key.to_string(), merged.clone());
-            tokio::spawn(async move { push(&replica, &peer, &key, &merged).await });
+            let (peers, key, merged) = (peers.clone(), key.to_string(), merged.clone());
+            tokio::spawn(async move { push(&peers, &peer, &key, &merged).await });
         }
     }
     if !repaired.is_empty() {
         info!("replica {} · key {key:?} · read repair (r={r}): replicas {repaired:?} were behind", replica.id());
     }
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The coordinator's decisions against fake peers (no HTTP): acks counted up to `w`, an unmet
+    //! quorum that still says the write is durable, and read repair of this replica and of the
+    //! peers that were behind.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    use super::*;
+    use crate::core::cluster::Layout;
+    use crate::core::versions::Version;
+    use crate::node::replica::Config;
+
+    /// Peers 2 and 3: each either holds `sets[id]` (answers reads, acks pushes) or is down.
+    #[derive(Clone, Default)]
+    struct FakePeers {
+        down: Vec<ReplicaId>,
+        sets: HashMap<ReplicaId, Vec<Version>>,
+        pushed: Arc<Mutex<Vec<(ReplicaId, Vec<Version>)>>>,
+    }
+
+    impl PeerTransport for FakePeers {
+        fn from(&self) -> ReplicaId {
+            1
+        }
+
+        async fn call<Req: Serialize + Sync, Resp: DeserializeOwned>(
+            &self,
+            peer: &Member,
+            path: &str,
+            body: &Req,
+            _: Option<Duration>,
+        ) -> std::result::Result<Resp, PeerError> {
+            if self.down.contains(&peer.id) {
+                return Err(PeerError::Unreachable { path: path.into(), reason: "down".into() });
+            }
+            let answer = match path {
+                "/replicate" => {
+                    let request: ReplicateRequest =
+                        serde_json::from_value(serde_json::to_value(body).unwrap()).unwrap();
+                    let versions = request.entries[0].versions.clone();
+                    self.pushed.lock().unwrap().push((peer.id, versions));
+                    serde_json::json!({"keys": 1, "changed": 1})
+                }
+                "/peer/read" => serde_json::json!({"versions": self.sets.get(&peer.id).cloned().unwrap_or_default()}),
+                other => panic!("unexpected {other}"),
+            };
+            Ok(serde_json::from_value(answer).unwrap())
+        }
+
+        async fn notify<Req: Serialize + Sync>(
+            &self,
+            peer: &Member,
+            path: &str,
+            body: &Req,
+            timeout: Option<Duration>,
+        ) -> std::result::Result<(), PeerError> {
+            self.call::<_, serde_json::Value>(peer, path, body, timeout).await.map(drop)
+        }
+    }
+
+    fn replica(dir: &std::path::Path) -> Arc<Replica> {
+        let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
+        Replica::open(Config {
+            layout,
+            data_dir: dir.join("data"),
+            max_value_bytes: 1024,
+            cluster_key: None,
+            anti_entropy: None,
+            skip_recovery: true,
+            peer_source: None,
+        })
+        .unwrap()
+    }
+
+    fn vc(c: &[u64]) -> VectorClock {
+        VectorClock::from(c.to_vec())
+    }
+
+    #[tokio::test]
+    async fn acks_are_counted_up_to_w_and_an_unmet_quorum_says_the_write_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = replica(dir.path());
+        let clock = replica.write("k".into(), Some("v".into()), None).await.unwrap();
+        let peers = FakePeers::default();
+        assert_eq!(write_quorum_via(&replica, &peers, "k", &clock, 3).await.unwrap(), 3);
+        assert_eq!(write_quorum_via(&replica, &peers, "k", &clock, 1).await.unwrap(), 1, "w=1: nothing sent");
+        let pushed = peers.pushed.lock().unwrap().clone();
+        assert_eq!(pushed.len(), 2, "w=3 pushed to both peers, w=1 to none");
+        assert!(pushed.iter().all(|(_, versions)| versions == &vec![Version::value("v", vc(&[1, 0, 0]))]));
+
+        let one_down = FakePeers { down: vec![3], ..FakePeers::default() };
+        assert_eq!(write_quorum_via(&replica, &one_down, "k", &clock, 2).await.unwrap(), 2);
+        match write_quorum_via(&replica, &one_down, "k", &clock, 3).await {
+            Err(Error::QuorumNotMet { clock: c, message }) => {
+                assert_eq!(c, clock);
+                assert!(message.contains("only 2 of 3"), "{message}");
+            }
+            other => panic!("expected QuorumNotMet, got {other:?}"),
+        }
+        assert_eq!(replica.read("k".into()).await.unwrap().versions()[0].value.as_deref(), Some("v"));
+    }
+
+    #[tokio::test]
+    async fn a_quorum_read_merges_and_repairs_whoever_was_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = replica(dir.path());
+        replica.write("k".into(), Some("mine".into()), None).await.unwrap(); // [1, 0, 0]
+        let theirs = Version::value("theirs", vc(&[0, 1, 0]));
+        let peers = FakePeers { sets: HashMap::from([(2, vec![theirs.clone()])]), ..FakePeers::default() };
+        let merged = read_quorum_via(&replica, &peers, "k", 3).await.unwrap();
+        assert_eq!(merged.len(), 2, "concurrent versions: both kept");
+        assert_eq!(replica.read("k".into()).await.unwrap(), merged, "this replica repaired at once");
+        // Peers behind get the merged set in the background.
+        for _ in 0..100 {
+            if peers.pushed.lock().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut repaired: Vec<ReplicaId> = peers.pushed.lock().unwrap().iter().map(|(id, _)| *id).collect();
+        repaired.sort();
+        assert_eq!(repaired, vec![2, 3]);
+        let down = FakePeers { down: vec![2, 3], ..FakePeers::default() };
+        assert!(matches!(read_quorum_via(&replica, &down, "k", 2).await, Err(Error::Unavailable(_))));
+        assert_eq!(read_quorum_via(&replica, &down, "k", 1).await.unwrap(), merged, "r=1 reads here only");
+    }
 }
