@@ -225,12 +225,15 @@ mod tests {
     use crate::core::versions::Version;
     use crate::node::replica::Config;
 
+    /// What the fake peers were pushed: (peer, versions).
+    type Pushed = Arc<Mutex<Vec<(ReplicaId, Vec<Version>)>>>;
+
     /// Peers 2 and 3: each either holds `sets[id]` (answers reads, acks pushes) or is down.
     #[derive(Clone, Default)]
     struct FakePeers {
         down: Vec<ReplicaId>,
         sets: HashMap<ReplicaId, Vec<Version>>,
-        pushed: Arc<Mutex<Vec<(ReplicaId, Vec<Version>)>>>,
+        pushed: Pushed,
     }
 
     impl PeerTransport for FakePeers {

@@ -1,0 +1,147 @@
+//! Tests of the sender's decisions against a fake peer (no HTTP): it backs off while the peer is
+//! unreachable and delivers once it is up, sets aside a key the peer refuses while the others
+//! ship, and records a membership refusal until the peer accepts it again.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Mutex;
+
+use super::*;
+use crate::core::cluster::Layout;
+use crate::core::versions::{SiblingSet, Version};
+
+/// A peer that is down for its first `down` requests, refuses any batch holding `refuse`
+/// (400), refuses this replica's membership while `mismatch` is set (409), and records the
+/// keys it accepts.
+#[derive(Clone, Default)]
+struct FakePeer {
+    down: Arc<AtomicUsize>,
+    refuse: Option<&'static str>,
+    mismatch: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+    received: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl PeerTransport for FakePeer {
+    fn from(&self) -> ReplicaId {
+        1
+    }
+
+    async fn call<Req: serde::Serialize + Sync, Resp: serde::de::DeserializeOwned>(
+        &self,
+        _: &Member,
+        path: &str,
+        _: &Req,
+        _: Option<Duration>,
+    ) -> std::result::Result<Resp, PeerError> {
+        Err(PeerError::Unreachable { path: path.into(), reason: "the fake answers notify only".into() })
+    }
+
+    async fn notify<Req: serde::Serialize + Sync>(
+        &self,
+        _: &Member,
+        path: &str,
+        body: &Req,
+        _: Option<Duration>,
+    ) -> std::result::Result<(), PeerError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let path = path.to_string();
+        if self.down.load(Ordering::SeqCst) > 0 {
+            self.down.fetch_sub(1, Ordering::SeqCst);
+            return Err(PeerError::Unreachable { path, reason: "connection refused".into() });
+        }
+        if self.mismatch.load(Ordering::SeqCst) {
+            return Err(PeerError::Membership { path, message: "MEMBERSHIP MISMATCH".into() });
+        }
+        let request: ReplicateRequest = serde_json::from_value(serde_json::to_value(body).unwrap()).unwrap();
+        if let Some(bad) = self.refuse.filter(|bad| request.entries.iter().any(|e| e.key == *bad)) {
+            return Err(PeerError::Refused { path, status: 400, message: format!("{bad} refused") });
+        }
+        self.received.lock().unwrap().extend(request.entries.into_iter().map(|e| e.key));
+        Ok(())
+    }
+}
+
+use std::sync::atomic::Ordering;
+
+struct Fixture {
+    store: Arc<Store>,
+    link: Arc<PeerLink>,
+    stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn start(peer: FakePeer, keys: &[&str]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::from_flags("127.0.0.1", 1, 2, &["127.0.0.1".into()], &[2]).unwrap();
+    let store = Arc::new(Store::open(dir.path(), &layout).unwrap());
+    for key in keys {
+        store
+            .write_local(key, |cur| {
+                let clock = cur.client_write(2, None, 0).unwrap();
+                Ok((SiblingSet::single(Version::value("v", clock)), ()))
+            })
+            .unwrap();
+    }
+    let link = Arc::new(PeerLink::new(layout.member(2).unwrap().clone()));
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(Sender::new(peer, store.clone(), link.clone()).run(stop_rx));
+    Fixture { store, link, stop, _dir: dir }
+}
+
+/// Waits (in paused time, so backoffs pass at once) until `done`, at most 20 virtual minutes.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..120_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn depth(store: &Store) -> u64 {
+    store.outbox_depth(2).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn backs_off_while_the_peer_is_down_then_delivers_everything() {
+    let peer = FakePeer { down: Arc::new(AtomicUsize::new(5)), ..FakePeer::default() };
+    let started = tokio::time::Instant::now();
+    let f = start(peer.clone(), &["a", "b", "c"]);
+    until("every key delivered", || peer.received.lock().unwrap().len() == 3).await;
+    // At least half of each delay, 50 ms doubling: 25 + 50 + 100 + 200 + 400 ms.
+    assert!(started.elapsed() >= Duration::from_millis(775), "retried after {:?}", started.elapsed());
+    until("marks cleared", || depth(&f.store) == 0).await;
+    // 5 failures, then one batch: no tight loop while the peer was down.
+    assert_eq!(peer.requests.load(Ordering::SeqCst), 6);
+    f.stop.send(true).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_key_is_set_aside_while_the_others_ship() {
+    let peer = FakePeer { refuse: Some("bad"), ..FakePeer::default() };
+    let f = start(peer.clone(), &["a", "bad", "c", "d"]);
+    until("the good keys delivered", || peer.received.lock().unwrap().len() == 3).await;
+    until("only the refused key left queued", || depth(&f.store) == 1).await;
+    let queued = f.store.pending(2, None, 10, usize::MAX, &Default::default()).unwrap();
+    assert_eq!(queued[0].key, "bad");
+    f.stop.send(true).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_membership_refusal_is_recorded_until_the_peer_accepts() {
+    let peer = FakePeer { mismatch: Arc::new(AtomicBool::new(true)), ..FakePeer::default() };
+    let f = start(peer.clone(), &["a"]);
+    until("the refusal recorded", || f.link.membership_refusal().is_some()).await;
+    let before = peer.requests.load(Ordering::SeqCst);
+    tokio::time::sleep(MEMBERSHIP_RETRY * 3).await;
+    let retries = peer.requests.load(Ordering::SeqCst) - before;
+    assert!(retries <= 4, "{retries} retries in three membership periods");
+    assert_eq!(depth(&f.store), 1, "nothing shipped");
+    peer.mismatch.store(false, Ordering::SeqCst);
+    f.link.peer_is_up();
+    until("delivered once the peer accepts", || depth(&f.store) == 0).await;
+    assert_eq!(f.link.membership_refusal(), None);
+    f.stop.send(true).unwrap();
+}
