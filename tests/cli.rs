@@ -269,7 +269,7 @@ fn keys_are_escaped_in_logs_and_quoted_for_the_shell() {
     let a1 = cluster.address(1);
     let cli = |args: &[&str]| run(CLI, args);
 
-    let forged = "k\nINFO replica 1 · key \"x\" · client write \"forged\" → clock [9]";
+    let forged = "k\nINFO replica{id=1}: client write \"forged\" → clock [9] decision=\"write\" key=\"x\"";
     let out = cli(&["--server", &a1, "put", forged, "v"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // A NUL cannot be a process argument: this one goes over HTTP (percent-encoded).
@@ -277,9 +277,12 @@ fn keys_are_escaped_in_logs_and_quoted_for_the_shell() {
     let log = std::fs::read(cluster.log_path(1)).unwrap();
     assert!(!log.contains(&0u8) && !log.contains(&0x1bu8), "a control byte reached the log");
     let log = String::from_utf8_lossy(&log);
-    assert!(!log.lines().any(|l| l.contains("INFO replica 1 · key \"x\"")), "a key forged a line:\n{log}");
-    assert!(log.contains("key \"k\\nINFO replica 1"), "the key is logged escaped:\n{log}");
-    assert!(log.contains("key \"nul\\0byte\""), "{log}");
+    assert!(
+        !log.lines().any(|l| l.contains("INFO replica{id=1}: client write \"forged\"")),
+        "a key forged a line:\n{log}"
+    );
+    assert!(log.contains("key=\"k\\nINFO replica{id=1}:"), "the key is logged escaped:\n{log}");
+    assert!(log.contains("key=\"nul\\0byte\""), "{log}");
 
     // A conflict on a key full of shell syntax: the printed command pastes back literally.
     let key = "$HOME `id` it's";

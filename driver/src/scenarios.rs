@@ -148,12 +148,18 @@ impl Ctx {
         self.report.check(result.is_ok(), claim, seen);
     }
 
-    async fn check_log(&mut self, id: usize, needle: &str, claim: &str) {
+    /// Checks that replica `id` logged a decision (the `decision` field, e.g. `updated`,
+    /// `conflict`, `write`, `refused`) about `key` (the `key` field), on a line that also shows
+    /// every value in `showing` (clocks, say). Fields, not wording: the message may change.
+    async fn check_decision(&mut self, id: usize, decision: &str, key: &str, showing: &[String], claim: &str) {
+        let mut needles = vec![format!("decision={decision:?}"), format!("key={key:?}")];
+        needles.extend(showing.iter().cloned());
         // Log lines may lag the state by a moment; poll briefly.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let needle = needles.join(" … ");
         loop {
             let log = self.backend.log_text(id).await;
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n.as_str()))) {
                 let line = line.split_once("  ").map(|(_, rest)| rest.trim()).unwrap_or(line.trim());
                 self.report.check(true, claim, format!("replica {id} log: {line}"));
                 return;
@@ -234,18 +240,22 @@ pub async fn no_conflict(ctx: &mut Ctx) -> Result<(), String> {
         &format!("replica {last} catches up to {c2} after restarting"),
     )
     .await;
-    ctx.check_log(
+    ctx.check_decision(
         last,
-        &format!("key {key:?} · local {c1} vs received \"milk,eggs\" {c2} from replica 1 → no conflict, updated"),
+        "updated",
+        key,
+        &[format!("local {c1}"), format!("received \"milk,eggs\" {c2} from replica 1")],
         &format!("replica {last} merged by clock: local {c1} vs received {c2} → no conflict"),
     )
     .await;
     say!("   the client sends the update a second time, now that replica {last} is back:");
     let c3 = ctx.put(1, key, "milk,eggs", Some(c2.clone())).await?;
     ctx.check_converged(&all, key, &vec![(Some("milk,eggs".into()), c3.clone())], "every replica ends equal").await;
-    ctx.check_log(
+    ctx.check_decision(
         last,
-        &format!("key {key:?} · local {c2} vs received \"milk,eggs\" {c3} from replica 1 → no conflict, updated"),
+        "updated",
+        key,
+        &[format!("local {c2}"), format!("received \"milk,eggs\" {c3} from replica 1")],
         &format!("replica {last} merged the second update: local {c2} vs received {c3} → no conflict"),
     )
     .await;
@@ -282,8 +292,7 @@ pub async fn conflict(ctx: &mut Ctx) -> Result<(), String> {
         "every replica converges to the resolution",
     )
     .await;
-    ctx.check_log(1, &format!("key {key:?} · local"), "replica 1 logged its merge decisions for the key").await;
-    ctx.check_log(1, "→ CONFLICT, kept 2 siblings", "a replica logged the conflict").await;
+    ctx.check_decision(1, "conflict", &key, &[], "replica 1 logged the conflict for the key").await;
     ctx.show(&key, "after the resolution").await;
     Ok(())
 }
@@ -543,8 +552,8 @@ pub async fn read_modify_write(ctx: &mut Ctx) -> Result<(), String> {
         "simultaneous writes with the same context were refused (409), not silently overwritten",
         format!("{conflicts} conflicts detected"),
     );
-    ctx.check_log(1, &format!("key {key:?} · client write"), "replica 1 logged each write it applied").await;
-    ctx.check_log(1, "→ CONFLICT, refused (409)", "replica 1 logged each refusal").await;
+    ctx.check_decision(1, "write", key, &[], "replica 1 logged each write it applied").await;
+    ctx.check_decision(1, "refused", key, &[], "replica 1 logged each refusal").await;
     // Converge: every replica holds the last write alone; every item is in it.
     let last = client.read(key).await.map_err(|e| e.to_string())?;
     let expected: Versions = last.versions.iter().map(|v| (v.value.clone(), v.clock.clone())).collect();

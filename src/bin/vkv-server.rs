@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use vkv::auth::{ClusterKey, KEY_ENV};
 use vkv::cluster::Layout;
@@ -183,81 +183,87 @@ async fn main() -> ExitCode {
         args.data_dir.unwrap_or_else(|| PathBuf::from("vkv-data").join(format!("{}-{}", args.host, args.port)));
     let listen = args.listen.map(|a| a.to_string()).unwrap_or_else(|| layout.me().address());
 
-    // Bind first: a port in use is a startup error like any other (exit 2, reason on stderr),
-    // and it must not leave a freshly created store behind.
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            error!("cannot listen on {listen}: {e}");
-            return usage_error(format!("cannot listen on {listen}: {e}"));
-        }
-    };
-    if args.repair {
-        match vkv::store::Store::repair(&data_dir, &layout) {
-            Ok(Repair::NoStore) => info!("--repair: no store in {} yet; starting as new", data_dir.display()),
-            Ok(Repair::Intact) => info!("--repair: the store in {} is intact", data_dir.display()),
-            Ok(Repair::MovedAside(aside)) if layout.n() == 1 => warn!(
-                "--repair: the damaged store was moved to {}; with no peers, this replica starts EMPTY",
-                aside.display()
-            ),
-            Ok(Repair::MovedAside(aside)) => warn!(
-                "--repair: the damaged store was moved to {}; recovering every key from the peers",
-                aside.display()
-            ),
+    // Every line this replica logs carries its id: `replica{id=3}: …`, in every task.
+    let span = tracing::info_span!("replica", id = layout.self_id());
+    async move {
+        // Bind first: a port in use is a startup error like any other (exit 2, reason on stderr),
+        // and it must not leave a freshly created store behind.
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
             Err(e) => {
-                error!("--repair failed: {e}");
-                return usage_error(format!("--repair failed: {e}"));
+                error!("cannot listen on {listen}: {e}");
+                return usage_error(format!("cannot listen on {listen}: {e}"));
+            }
+        };
+        if args.repair {
+            match vkv::store::Store::repair(&data_dir, &layout) {
+                Ok(Repair::NoStore) => info!("--repair: no store in {} yet; starting as new", data_dir.display()),
+                Ok(Repair::Intact) => info!("--repair: the store in {} is intact", data_dir.display()),
+                Ok(Repair::MovedAside(aside)) if layout.n() == 1 => warn!(
+                    "--repair: the damaged store was moved to {}; with no peers, this replica starts EMPTY",
+                    aside.display()
+                ),
+                Ok(Repair::MovedAside(aside)) => warn!(
+                    "--repair: the damaged store was moved to {}; recovering every key from the peers",
+                    aside.display()
+                ),
+                Err(e) => {
+                    error!("--repair failed: {e}");
+                    return usage_error(format!("--repair failed: {e}"));
+                }
             }
         }
-    }
-    let replica = match Replica::open(Config {
-        layout: layout.clone(),
-        data_dir: data_dir.clone(),
-        max_value_bytes: args.max_value_bytes,
-        cluster_key: key.clone(),
-        anti_entropy,
-        skip_recovery: args.skip_recovery,
-        peer_source: args.peer_source,
-    }) {
-        Ok(r) => r,
-        Err(e) => {
-            error!("cannot open the store: {e}");
-            return usage_error(format!("cannot open the store: {e}"));
-        }
-    };
-    info!(
-        "replica {} of {} starting on {listen} · clock position {} · members {} · data dir {}",
-        layout.self_id(),
-        layout.n(),
-        layout.me().position(),
-        layout.describe(),
-        data_dir.display()
-    );
-    match &key {
-        Some(_) => info!("peer requests are authenticated: HMAC-SHA256 under the cluster key"),
-        None => warn!("INSECURE: --insecure given, peer requests are not authenticated"),
-    }
-    let (max_connections, nofile) = connection_cap(args.max_connections as usize);
-    if max_connections < args.max_connections as usize {
-        warn!(
-            "--max-connections {} lowered to {max_connections}: the open-files limit is {} (ulimit -n) and {} \
-             descriptors are kept for the store and the peers",
-            args.max_connections,
-            nofile.unwrap_or_default(),
-            vkv::server::RESERVED_FDS
+        let replica = match Replica::open(Config {
+            layout: layout.clone(),
+            data_dir: data_dir.clone(),
+            max_value_bytes: args.max_value_bytes,
+            cluster_key: key.clone(),
+            anti_entropy,
+            skip_recovery: args.skip_recovery,
+            peer_source: args.peer_source,
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                error!("cannot open the store: {e}");
+                return usage_error(format!("cannot open the store: {e}"));
+            }
+        };
+        info!(
+            "replica {} of {} starting on {listen} · clock position {} · members {} · data dir {}",
+            layout.self_id(),
+            layout.n(),
+            layout.me().position(),
+            layout.describe(),
+            data_dir.display()
         );
+        match &key {
+            Some(_) => info!("peer requests are authenticated: HMAC-SHA256 under the cluster key"),
+            None => warn!("INSECURE: --insecure given, peer requests are not authenticated"),
+        }
+        let (max_connections, nofile) = connection_cap(args.max_connections as usize);
+        if max_connections < args.max_connections as usize {
+            warn!(
+                "--max-connections {} lowered to {max_connections}: the open-files limit is {} (ulimit -n) and {} \
+                 descriptors are kept for the store and the peers",
+                args.max_connections,
+                nofile.unwrap_or_default(),
+                vkv::server::RESERVED_FDS
+            );
+        }
+        let limits = Limits {
+            header_timeout: Duration::from_secs(args.idle_timeout_secs),
+            body_timeout: Duration::from_secs(args.body_timeout_secs),
+            max_connections,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        };
+        let background = vkv::start_background(&replica);
+        vkv::server::serve(listener, vkv::api::app(replica.clone()), limits, shutdown_signal()).await;
+        info!("replica {} stopped accepting requests; stopping senders", layout.self_id());
+        background.stop(Duration::from_secs(5)).await;
+        drop(replica);
+        info!("replica {} stopped cleanly", layout.self_id());
+        ExitCode::SUCCESS
     }
-    let limits = Limits {
-        header_timeout: Duration::from_secs(args.idle_timeout_secs),
-        body_timeout: Duration::from_secs(args.body_timeout_secs),
-        max_connections,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-    };
-    let background = vkv::start_background(&replica);
-    vkv::server::serve(listener, vkv::api::app(replica.clone()), limits, shutdown_signal()).await;
-    info!("replica {} stopped accepting requests; stopping senders", layout.self_id());
-    background.stop(Duration::from_secs(5)).await;
-    drop(replica);
-    info!("replica {} stopped cleanly", layout.self_id());
-    ExitCode::SUCCESS
+    .instrument(span)
+    .await
 }

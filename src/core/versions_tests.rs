@@ -420,3 +420,21 @@ fn elements_of(set: &SiblingSet) -> BTreeSet<u32> {
         .flat_map(|s| s.split(',').filter(|e| !e.is_empty()).map(|e| e.parse::<u32>().unwrap()))
         .collect()
 }
+
+#[test]
+fn versions_and_sets_display_in_the_seeds_notation() {
+    let v = val("milk\nforged", &[1, 0, 0]);
+    assert_eq!(v.to_string(), r#""milk\nforged" [1, 0, 0]"#);
+    assert_eq!(format!("{v:.4}"), r#""milk"… [1, 0, 0]"#);
+    assert_eq!(Version::tombstone(vc(&[2, 0, 0])).to_string(), "(deleted) [2, 0, 0]");
+    assert_eq!(SiblingSet::new().to_string(), "(none)");
+    let set = SiblingSet::from_versions([val("a", &[1, 0, 0]), val("b", &[0, 1, 0])]);
+    assert_eq!(set.to_string(), format!("{{{} ∥ {}}}", set.versions()[0], set.versions()[1]));
+    assert!(set.to_string().contains(r#""a" [1, 0, 0]"#) && set.to_string().contains(r#""b" [0, 1, 0]"#));
+    assert_eq!(
+        Clocks(&set.clocks()).to_string(),
+        format!("{{{} ∥ {}}}", set.versions()[0].clock, set.versions()[1].clock)
+    );
+    assert_eq!(Clocks(&[]).to_string(), "(none)");
+    assert_eq!(Clocks(&[vc(&[1, 2, 3])]).to_string(), "[1, 2, 3]");
+}

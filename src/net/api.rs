@@ -158,7 +158,7 @@ async fn peer_gate(State(replica): Shared, mut request: Request, next: Next) -> 
     let head = match head {
         Ok(head) => head,
         Err(e) => {
-            warn!("replica {me} · refused a peer request to {path}: {e}");
+            warn!("refused a peer request to {path}: {e}");
             return match e {
                 HeadError::Malformed(m) => AppError(Error::InvalidInput(m)),
                 HeadError::Unauthorized(m) => AppError(Error::Unauthorized(m)),

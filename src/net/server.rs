@@ -39,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 /// The bounds a replica's HTTP server enforces.
 #[derive(Debug, Clone, Copy)]
@@ -305,7 +305,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                             "connection cap {} reached, every connection busy: refusing {remote}",
                             limits.max_connections
                         );
-                        tasks.spawn(refuse(stream));
+                        tasks.spawn(refuse(stream).in_current_span());
                         continue;
                     }
                 }
@@ -321,42 +321,45 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             (id, conn)
         };
         let (app, registry, mut stop) = (app.clone(), registry.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            let tracked = conn.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let conn = tracked.clone();
-                conn.requests_in_flight.fetch_add(1, Ordering::SeqCst);
-                let deadline = Box::pin(tokio::time::sleep(limits.body_timeout));
-                let request =
-                    request.map(|inner| Body::new(DeadlineBody { inner, deadline, limit: limits.body_timeout }));
-                let app = app.clone();
-                async move {
-                    let response: Result<Response<Body>, std::convert::Infallible> = app.oneshot(request).await;
-                    conn.idle_since_ms.store(since_start(), Ordering::SeqCst);
-                    conn.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
-                    response
-                }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(ShapedErrors { inner: stream, pending: Vec::new() }), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(e) = served {
-                        debug!("connection from {remote} ended: {e}");
+        tasks.spawn(
+            async move {
+                let tracked = conn.clone();
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let conn = tracked.clone();
+                    conn.requests_in_flight.fetch_add(1, Ordering::SeqCst);
+                    let deadline = Box::pin(tokio::time::sleep(limits.body_timeout));
+                    let request =
+                        request.map(|inner| Body::new(DeadlineBody { inner, deadline, limit: limits.body_timeout }));
+                    let app = app.clone();
+                    async move {
+                        let response: Result<Response<Body>, std::convert::Infallible> = app.oneshot(request).await;
+                        conn.idle_since_ms.store(since_start(), Ordering::SeqCst);
+                        conn.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
+                        response
                     }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(ShapedErrors { inner: stream, pending: Vec::new() }), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    served = connection.as_mut() => {
+                        if let Err(e) = served {
+                            debug!("connection from {remote} ended: {e}");
+                        }
+                    }
+                    _ = stop.changed() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                    _ = conn.evict.notified() => debug!("connection from {remote} closed to make room"),
                 }
-                _ = stop.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-                _ = conn.evict.notified() => debug!("connection from {remote} closed to make room"),
+                registry.lock().unwrap_or_else(|e| e.into_inner()).open.remove(&id);
             }
-            registry.lock().unwrap_or_else(|e| e.into_inner()).open.remove(&id);
-        });
+            .in_current_span(),
+        );
     }
     drop(listener);
     let open = registry.lock().unwrap_or_else(|e| e.into_inner()).open.len();

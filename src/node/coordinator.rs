@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, Instrument};
 
 use crate::core::clock::VectorClock;
 use crate::core::cluster::{Member, ReplicaId};
@@ -108,7 +108,7 @@ pub async fn write_quorum_via<P: PeerTransport>(
     let mut pushes = JoinSet::new();
     for peer in replica.layout().peers() {
         let (peer, set, key, peers) = (peer.clone(), set.clone(), key.to_string(), peers.clone());
-        pushes.spawn(async move { push(&peers, &peer, &key, &set).await.is_ok() });
+        pushes.spawn(async move { push(&peers, &peer, &key, &set).await.is_ok() }.in_current_span());
     }
     let mut acks = 1; // this replica: already durable
     let deadline = tokio::time::Instant::now() + QUORUM_TIMEOUT;
@@ -163,10 +163,13 @@ pub async fn read_quorum_via<P: PeerTransport>(
     let mut reads = JoinSet::new();
     for peer in replica.layout().peers().cloned() {
         let (peers, key) = (peers.clone(), key.to_string());
-        reads.spawn(async move {
-            let set = peer_read(&peers, &peer, &key).await;
-            (peer, set)
-        });
+        reads.spawn(
+            async move {
+                let set = peer_read(&peers, &peer, &key).await;
+                (peer, set)
+            }
+            .in_current_span(),
+        );
     }
     let mut answers: Vec<(Member, SiblingSet)> = Vec::new();
     let deadline = tokio::time::Instant::now() + QUORUM_TIMEOUT;
@@ -199,11 +202,11 @@ pub async fn read_quorum_via<P: PeerTransport>(
         if set != merged {
             repaired.push(peer.id);
             let (peers, key, merged) = (peers.clone(), key.to_string(), merged.clone());
-            tokio::spawn(async move { push(&peers, &peer, &key, &merged).await });
+            tokio::spawn(async move { push(&peers, &peer, &key, &merged).await }.in_current_span());
         }
     }
     if !repaired.is_empty() {
-        info!("replica {} · key {key:?} · read repair (r={r}): replicas {repaired:?} were behind", replica.id());
+        info!(decision = "read_repair", key = ?key, "read repair (r={r}): replicas {repaired:?} were behind");
     }
     Ok(merged)
 }

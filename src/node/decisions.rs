@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::clock::{VectorClock, MAX_COUNTER};
 use crate::core::cluster::ReplicaId;
-use crate::core::versions::{MergeOutcome, SiblingSet, Version, WriteRefusal};
+use crate::core::versions::{show_value, Clocks, MergeOutcome, SiblingSet, Version, WriteRefusal};
 use crate::error::Error;
 use crate::storage::store::MergeRecord;
 
@@ -17,29 +17,23 @@ use crate::storage::store::MergeRecord;
 /// context, and reads grow with every one.
 pub const SIBLING_WARN_THRESHOLD: usize = 25;
 
-/// A value shortened for a log line.
+/// A value shortened for a log line (`(delete)` for a delete).
 pub(crate) fn preview(value: Option<&str>) -> String {
     match value {
         None => "(delete)".to_string(),
-        Some(s) if s.chars().count() <= 24 => format!("{s:?}"),
-        Some(s) => format!("{:?}…", s.chars().take(24).collect::<String>()),
+        Some(_) => show_value(value, Some(24)),
     }
 }
 
 /// Local clocks for a log line: `(none)`, `[1, 0, 0]` or `{[1, 0, 0] ∥ [0, 1, 0]}`.
 pub(crate) fn show_clocks(clocks: &[VectorClock]) -> String {
-    match clocks {
-        [] => "(none)".to_string(),
-        [one] => one.to_string(),
-        many => format!("{{{}}}", many.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ∥ ")),
-    }
+    Clocks(clocks).to_string()
 }
 
 /// The error for a refused client write, logged as the replica's decision. A context that does
 /// not cover the local set is a conflict the client resolves (409, with every version it
 /// missed); the other refusals mean the context cannot have come from a GET of this key (400).
 pub(crate) fn refused(
-    me: ReplicaId,
     n: usize,
     key: &str,
     what: &str,
@@ -54,7 +48,9 @@ pub(crate) fn refused(
             let missed: Vec<VectorClock> = current.not_covered_by(&ctx).map(|v| v.clock.clone()).collect();
             let clocks: Vec<VectorClock> = current.versions().iter().map(|v| v.clock.clone()).collect();
             warn!(
-                "replica {me} · key {key:?} · {what} vs local {} → CONFLICT, refused (409): the client never saw {}",
+                decision = "refused",
+                key = ?key,
+                "{what} vs local {} → CONFLICT, refused (409): the client never saw {}",
                 show_clocks(&clocks),
                 show_clocks(&missed)
             );
@@ -81,26 +77,32 @@ pub(crate) fn refused(
     }
 }
 
-/// The decision line for one merged version from replica `from` at replica `me`.
-pub(crate) fn merge(me: ReplicaId, from: ReplicaId, r: &MergeRecord, v: &Version) {
+/// The decision line for one version merged from replica `from`: what the local clocks were,
+/// what arrived, and what the merge did, with the decision and the key as fields.
+pub(crate) fn merge(from: ReplicaId, r: &MergeRecord, v: &Version) {
     let head = format!(
-        "replica {} · key {:?} · local {} vs received {} {} from replica {from} →",
-        me,
-        r.key,
+        "local {} vs received {} {} from replica {from} →",
         show_clocks(&r.local),
         preview(v.value.as_deref()),
         r.received
     );
+    let key = &r.key;
     match r.outcome {
-        MergeOutcome::Created => info!("{head} new key, stored"),
-        MergeOutcome::Updated => info!("{head} no conflict, updated"),
-        MergeOutcome::Stale if r.local.contains(&r.received) => info!("{head} already up to date"),
-        MergeOutcome::Stale => info!("{head} no conflict, local is newer: ignored"),
+        MergeOutcome::Created => info!(decision = "created", key = ?key, "{head} new key, stored"),
+        MergeOutcome::Updated => info!(decision = "updated", key = ?key, "{head} no conflict, updated"),
+        MergeOutcome::Stale if r.local.contains(&r.received) => {
+            info!(decision = "up_to_date", key = ?key, "{head} already up to date")
+        }
+        MergeOutcome::Stale => info!(decision = "ignored", key = ?key, "{head} no conflict, local is newer: ignored"),
         MergeOutcome::Conflict { siblings } if siblings > SIBLING_WARN_THRESHOLD => warn!(
+            decision = "conflict",
+            key = ?key,
             "{head} CONFLICT, kept {siblings} siblings — more than {SIBLING_WARN_THRESHOLD}: \
              clients should resolve this key by writing with the context they read"
         ),
-        MergeOutcome::Conflict { siblings } => warn!("{head} CONFLICT, kept {siblings} siblings"),
+        MergeOutcome::Conflict { siblings } => {
+            warn!(decision = "conflict", key = ?key, "{head} CONFLICT, kept {siblings} siblings")
+        }
     }
 }
 
@@ -139,10 +141,11 @@ impl fmt::Display for MergeSource {
 }
 
 /// The (debug) line for one key changed by versions this replica fetched itself.
-pub(crate) fn pulled(me: ReplicaId, source: MergeSource, r: &MergeRecord) {
+pub(crate) fn pulled(source: MergeSource, r: &MergeRecord) {
     debug!(
-        "replica {me} · key {:?} · {source}: local {} vs received {} → {:?}",
-        r.key,
+        decision = "pulled",
+        key = ?r.key,
+        "{source}: local {} vs received {} → {:?}",
         show_clocks(&r.local),
         r.received,
         r.outcome

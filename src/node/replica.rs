@@ -1,11 +1,11 @@
-//! The node: validates and applies client writes, merges peer batches, owns the senders.
+//! The node: validates and applies client writes, merges what peers send, and serves reads.
 //!
-//! Every decision a replica takes is logged here, one line each, in the seed's notation:
+//! Every decision a replica takes is logged, one line each (see `decisions`), in the seed's notation:
 //!
 //! ```text
-//! replica 1 · key "cart" · client write "milk" → clock [2, 0, 0, 0, 0]
-//! replica 5 · key "cart" · local [1, 0, 0, 0, 0] vs received "milk" [2, 0, 0, 0, 0] from replica 1 → no conflict, updated
-//! replica 3 · key "cart" · local [2, 0, 0, 0, 0] vs received "eggs" [1, 1, 0, 0, 0] from replica 2 → CONFLICT, kept 2 siblings
+//! replica{id=1}: client write "milk" → clock [2, 0, 0, 0, 0] decision="write" key="cart"
+//! replica{id=5}: local [1, 0, 0, 0, 0] vs received "milk" [2, 0, 0, 0, 0] from replica 1 → no conflict, updated decision="updated" key="cart"
+//! replica{id=3}: local [2, 0, 0, 0, 0] vs received "eggs" [1, 1, 0, 0, 0] from replica 2 → CONFLICT, kept 2 siblings decision="conflict" key="cart"
 //! ```
 //!
 //! Keys and values are written escaped (Rust's `{:?}`: quotes, `\n`, `\0`, `\u{..}`), so a key
@@ -196,7 +196,7 @@ impl Replica {
             self.check_value(v)?;
         }
         self.check_context(context.as_ref())?;
-        let (n, position, me) = (self.layout.n(), self.layout.me().position(), self.id());
+        let (n, position) = (self.layout.n(), self.layout.me().position());
         let links = self.links.clone();
         self.blocking(move |store| {
             let mut what = match &value {
@@ -209,12 +209,12 @@ impl Replica {
             let (clock, replaced) = store.write_local(&key, |current| {
                 let clock = current
                     .client_write(n, context.as_ref(), position)
-                    .map_err(|refusal| decisions::refused(me, n, &key, &what, current, context.as_ref(), refusal))?;
+                    .map_err(|refusal| decisions::refused(n, &key, &what, current, context.as_ref(), refusal))?;
                 let version = Version { clock: clock.clone(), value };
                 Ok((SiblingSet::single(version), (clock, current.len())))
             })?;
             let resolves = if replaced > 1 { format!(" (supersedes {replaced} siblings)") } else { String::new() };
-            info!("replica {me} · key {key:?} · {what} → clock {clock}{resolves}");
+            info!(decision = "write", key = ?key, "{what} → clock {clock}{resolves}");
             for link in &links {
                 link.wake();
             }
@@ -246,7 +246,7 @@ impl Replica {
         let mut changed = 0;
         for (record, version) in records.iter().zip(versions) {
             changed += usize::from(record.outcome.changed());
-            decisions::merge(self.id(), from, record, version);
+            decisions::merge(from, record, version);
         }
         // The peer is evidently up: if our sender to it is backing off, let it retry now.
         if let Some(link) = self.links.iter().find(|l| l.member.id == from) {
@@ -285,7 +285,7 @@ impl Replica {
                      position (member lists that differ, or a reused data dir); nothing of it is merged",
                     v.clock
                 );
-                error!("replica {me} · {reason}");
+                error!(decision = "suspect_refused", key = ?key, "{reason}");
                 reason
             })
         };
@@ -307,12 +307,12 @@ impl Replica {
             let key = entry.key.clone();
             match self.validate_entries(vec![entry]) {
                 Ok(mut valid) => entries.append(&mut valid),
-                Err(e) => warn!("replica {} · key {key:?} from {source} skipped: {e}", self.id()),
+                Err(e) => warn!(decision = "skipped", key = ?key, "from {source} skipped: {e}"),
             }
         }
         let (records, changed, _) = self.merge_entries(source.peer().unwrap_or(self.id()), &entries, true).await?;
         for r in records.iter().filter(|r| r.outcome.changed()) {
-            decisions::pulled(self.id(), source, r);
+            decisions::pulled(source, r);
         }
         Ok(changed)
     }
@@ -342,7 +342,7 @@ impl Replica {
         let link = self.links.iter().find(|l| l.member.id == from).ok_or_else(|| {
             Error::Conflict(format!("hello from {from}, which is not a peer of replica {}", self.id()))
         })?;
-        info!("replica {} · replica {from} ({}) says it is up", self.id(), link.member.address());
+        info!("replica {from} ({}) says it is up", link.member.address());
         link.peer_is_up();
         Ok(())
     }

@@ -19,7 +19,9 @@ pub(crate) async fn on_store<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || work(&store))
+    // The caller's span (the replica's) goes along, so the store's log lines say whose they are.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| work(&store)))
         .await
         .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
 }

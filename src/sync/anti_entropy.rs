@@ -95,7 +95,6 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
     if peers.is_empty() {
         return;
     }
-    let me = replica.id();
     let mut next = rand::rng().random_range(0..peers.len());
     let mut cursors: Vec<Option<String>> = vec![None; peers.len()];
     loop {
@@ -113,12 +112,11 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
         };
         match round {
             // Ranges that differ only because this replica has more: the peer's own rounds fix it.
-            Ok(r) if r.repaired == 0 => debug!(
-                "replica {me} ⇐ replica {} · anti-entropy: {} ranges differ, nothing to take",
-                peer.id, r.differing_ranges
-            ),
+            Ok(r) if r.repaired == 0 => {
+                debug!("from replica {}: {} ranges differ, nothing to take", peer.id, r.differing_ranges)
+            }
             Ok(r) => info!(
-                "replica {me} ⇐ replica {} · anti-entropy: {} of {AE_RANGES} ranges differed; pulled {} key(s), \
+                "from replica {}: {} of {AE_RANGES} ranges differed; pulled {} key(s), \
                  repaired {} here{}",
                 peer.id,
                 r.differing_ranges,
@@ -127,7 +125,7 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
                 if r.truncated { " (more next round)" } else { "" }
             ),
             // A down peer is the senders' news to report; here it would repeat every period.
-            Err(e) => debug!("replica {me} ⇐ replica {} · anti-entropy round failed: {e}", peer.id),
+            Err(e) => debug!("round with replica {} failed: {e}", peer.id),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use crate::node::replica::Replica;
 
@@ -42,22 +42,27 @@ pub fn start(replica: &Arc<Replica>) -> Background {
     let mut tasks = JoinSet::new();
     for link in replica.links() {
         let sender = sender::Sender::new(replica.peers().clone(), replica.store().clone(), link.clone());
-        tasks.spawn(sender.run(stop_rx.clone()));
+        let span = tracing::info_span!("sender", to = link.member.id);
+        tasks.spawn(sender.run(stop_rx.clone()).instrument(span));
     }
     if replica.is_recovering() {
-        tasks.spawn(recovery::recover(replica.clone(), stop_rx.clone()));
+        tasks.spawn(recovery::recover(replica.clone(), stop_rx.clone()).instrument(tracing::info_span!("recovery")));
     }
     if let Some(config) = replica.anti_entropy_config().cloned() {
-        tasks.spawn(anti_entropy::run(replica.clone(), config, stop_rx.clone()));
+        let span = tracing::info_span!("anti_entropy");
+        tasks.spawn(anti_entropy::run(replica.clone(), config, stop_rx.clone()).instrument(span));
     }
     let peers = replica.layout().peers().cloned().collect();
     let mut announce_stop = stop_rx;
     let hello = sender::announce(peers, replica.peers().clone());
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = hello => {}
-            _ = announce_stop.changed() => {}
+    tasks.spawn(
+        async move {
+            tokio::select! {
+                _ = hello => {}
+                _ = announce_stop.changed() => {}
+            }
         }
-    });
+        .in_current_span(),
+    );
     Background { stop, tasks }
 }

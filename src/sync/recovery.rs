@@ -50,11 +50,10 @@ async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
 /// known locally — and only then accepts writes (until then: 503). Peers that are down are retried
 /// until they answer; the completion is recorded durably, so a crash mid-recovery resumes it.
 pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
-    let me = replica.id();
     let started = std::time::Instant::now();
     let mut pending: Vec<Member> = replica.layout().peers().cloned().collect();
     info!(
-        "replica {me} started on an empty data dir: pulling every key from every peer before accepting \
+        "started on an empty data dir: pulling every key from every peer before accepting \
          writes, so that no clock counter it issued before is reused"
     );
     let (mut keys, mut waiting_logged) = (0usize, false);
@@ -68,13 +67,13 @@ pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
             match pulled {
                 Ok(n) => {
                     keys += n;
-                    info!("replica {me} · recovery: pulled {n} key(s) from replica {}", peer.id);
+                    info!("pulled {n} key(s) from replica {}", peer.id);
                 }
                 Err(e) => {
                     if waiting_logged {
-                        debug!("replica {me} · recovery: replica {} not ready: {e}", peer.id);
+                        debug!("replica {} not ready: {e}", peer.id);
                     } else {
-                        warn!("replica {me} · recovery: cannot pull from replica {}: {e}", peer.id);
+                        warn!("cannot pull from replica {}: {e}", peer.id);
                     }
                     unreachable.push(peer);
                 }
@@ -84,7 +83,7 @@ pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
         if !pending.is_empty() {
             if !waiting_logged {
                 let ids: Vec<_> = pending.iter().map(|p| p.id).collect();
-                info!("replica {me} · recovery waits for replicas {ids:?}; writes are refused (503) until then");
+                info!("waiting for replicas {ids:?}; writes are refused (503) until then");
                 waiting_logged = true;
             }
             tokio::select! {
@@ -94,10 +93,9 @@ pub async fn recover(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
         }
     }
     match replica.finish_recovery().await {
-        Ok(()) => info!(
-            "replica {me} recovered {keys} key(s) from all peers in {:.1}s; accepting writes",
-            started.elapsed().as_secs_f64()
-        ),
-        Err(e) => tracing::error!("replica {me} · recovery complete but cannot record it: {e}"),
+        Ok(()) => {
+            info!("recovered {keys} key(s) from all peers in {:.1}s; accepting writes", started.elapsed().as_secs_f64())
+        }
+        Err(e) => tracing::error!("recovery complete but cannot record it: {e}"),
     }
 }

@@ -27,9 +27,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::core::cluster::{Member, ReplicaId};
+use crate::core::versions::Clocks;
 use crate::error::Result;
 use crate::net::peer::{PeerClient, PeerError, PeerTransport, CONNECT_TIMEOUT};
 use crate::net::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
@@ -73,14 +74,8 @@ enum PeerState {
 
 fn summarise(batch: &[Pending]) -> String {
     const SHOWN: usize = 3;
-    let mut parts: Vec<String> = batch
-        .iter()
-        .take(SHOWN)
-        .map(|p| {
-            let clocks: Vec<String> = p.set.versions().iter().map(|v| v.clock.to_string()).collect();
-            format!("{:?} {}", p.key, clocks.join(" ∥ "))
-        })
-        .collect();
+    let mut parts: Vec<String> =
+        batch.iter().take(SHOWN).map(|p| format!("{:?} {}", p.key, Clocks(&p.set.clocks()))).collect();
     if batch.len() > SHOWN {
         parts.push(format!("… {} more", batch.len() - SHOWN));
     }
@@ -135,7 +130,7 @@ impl<P: PeerTransport> Sender<P> {
     /// Drains the outbox until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let peer = &self.link.member;
-        let (me, pid, addr) = (self.me, peer.id, peer.address());
+        let (pid, addr) = (peer.id, peer.address());
         let mut state = PeerState::Up;
         let mut backoff = BACKOFF_MIN;
         // Where the next batch starts (just after the last key shipped), how many keys it may
@@ -146,7 +141,7 @@ impl<P: PeerTransport> Sender<P> {
         let mut refused: HashMap<String, Instant> = HashMap::new();
         // Consecutive failures of this replica's own store (reading the outbox, clearing marks).
         let mut local_failures: u32 = 0;
-        debug!("replica {me} → replica {pid}: sender started");
+        debug!("sender started");
         while !*stop.borrow() {
             refused.retain(|_, until| *until > Instant::now());
             let skip: HashSet<String> = refused.keys().cloned().collect();
@@ -154,7 +149,7 @@ impl<P: PeerTransport> Sender<P> {
                 Ok(batch) => batch,
                 Err(e) => {
                     if local_failures == 0 {
-                        warn!("replica {me} → replica {pid}: cannot read outbox: {e}; retrying with backoff");
+                        warn!("cannot read outbox: {e}; retrying with backoff");
                     }
                     local_failures += 1;
                     local_backoff(&mut stop, local_failures).await;
@@ -177,11 +172,11 @@ impl<P: PeerTransport> Sender<P> {
                 Ok(()) => {
                     self.link.set_membership_refusal(None);
                     if let PeerState::Mismatch = state {
-                        info!("replica {me} → replica {pid} ({addr}) accepts this replica's membership again");
+                        info!("replica {pid} ({addr}) accepts this replica's membership again");
                     }
                     if let PeerState::Down { since, failures } = state {
                         info!(
-                            "replica {me} → replica {pid} ({addr}) is reachable again after {:.1}s \
+                            "replica {pid} ({addr}) is reachable again after {:.1}s \
                              and {failures} failed attempt(s); delivering queued keys",
                             since.elapsed().as_secs_f64()
                         );
@@ -194,13 +189,13 @@ impl<P: PeerTransport> Sender<P> {
                         Ok(cleared) => {
                             if local_failures > 0 {
                                 info!(
-                                    "replica {me} → replica {pid}: the store works again after {local_failures} \
+                                    "the store works again after {local_failures} \
                                      failure(s)"
                                 );
                                 local_failures = 0;
                             }
                             info!(
-                                "replica {me} → replica {pid} · delivered {} key(s): {}{}",
+                                "delivered {} key(s): {}{}",
                                 batch.len(),
                                 summarise(&batch),
                                 if cleared < batch.len() {
@@ -215,7 +210,7 @@ impl<P: PeerTransport> Sender<P> {
                             // pause (the peer's merge is a no-op then, and commits nothing).
                             if local_failures == 0 {
                                 warn!(
-                                    "replica {me} → replica {pid}: delivered but cannot clear marks: {e}; \
+                                    "delivered but cannot clear marks: {e}; \
                                      retrying with backoff"
                                 );
                             }
@@ -227,7 +222,7 @@ impl<P: PeerTransport> Sender<P> {
                 Err(ShipError::Refused(reason)) if batch.len() > 1 => {
                     batch_keys = (batch.len() / 2).max(1);
                     warn!(
-                        "replica {me} → replica {pid} refused a batch of {} keys ({reason}); \
+                        "replica {pid} refused a batch of {} keys ({reason}); \
                          retrying in batches of {batch_keys} to find the key it refuses",
                         batch.len()
                     );
@@ -235,7 +230,7 @@ impl<P: PeerTransport> Sender<P> {
                 Err(ShipError::Refused(reason)) => {
                     let key = batch[0].key.clone();
                     error!(
-                        "replica {me} → replica {pid} refuses key {key:?}: {reason}; it stays queued and is \
+                        "replica {pid} refuses key {key:?}: {reason}; it stays queued and is \
                          offered again in {REFUSED_KEY_RETRY:?}, other keys go on"
                     );
                     refused.insert(key, Instant::now() + REFUSED_KEY_RETRY);
@@ -243,7 +238,7 @@ impl<P: PeerTransport> Sender<P> {
                 Err(ShipError::Membership(reason)) => {
                     if !matches!(state, PeerState::Mismatch) {
                         error!(
-                            "replica {me} → replica {pid} ({addr}): MEMBERSHIP MISMATCH, nothing is shipped to it: \
+                            "replica {pid} ({addr}): MEMBERSHIP MISMATCH, nothing is shipped to it: \
                              {reason}; retrying every {MEMBERSHIP_RETRY:?}"
                         );
                     }
@@ -262,7 +257,7 @@ impl<P: PeerTransport> Sender<P> {
                                 .await
                                 .unwrap_or(batch.len() as u64);
                             warn!(
-                                "replica {me} → replica {pid} ({addr}) unreachable: {reason}; \
+                                "replica {pid} ({addr}) unreachable: {reason}; \
                                  {depth} key(s) queued, retrying with backoff (≤ {BACKOFF_MAX:?})"
                             );
                             state = PeerState::Down { since: Instant::now(), failures: 1 };
@@ -276,7 +271,7 @@ impl<P: PeerTransport> Sender<P> {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.link.peer_up.notified() => {
-                            debug!("replica {me} → replica {pid}: peer said it is up, retrying now");
+                            debug!("peer said it is up, retrying now");
                             backoff = BACKOFF_MIN;
                         }
                         _ = stop.changed() => {}
@@ -284,7 +279,7 @@ impl<P: PeerTransport> Sender<P> {
                 }
             }
         }
-        debug!("replica {me} → replica {pid}: sender stopped");
+        debug!("sender stopped");
     }
 }
 
@@ -309,17 +304,20 @@ pub async fn announce(peers: Vec<Member>, client: PeerClient) {
     let mut calls = tokio::task::JoinSet::new();
     for peer in peers {
         let client = client.clone();
-        calls.spawn(async move {
-            let body = crate::net::protocol::HelloRequest { from: me };
-            match client.notify(&peer, "/peer/hello", &body, Some(CONNECT_TIMEOUT)).await {
-                Ok(()) => (peer.id, true),
-                Err(PeerError::Membership { message, .. }) => {
-                    error!("replica {me} → replica {} ({}): MEMBERSHIP MISMATCH: {message}", peer.id, peer.address());
-                    (peer.id, false)
+        calls.spawn(
+            async move {
+                let body = crate::net::protocol::HelloRequest { from: me };
+                match client.notify(&peer, "/peer/hello", &body, Some(CONNECT_TIMEOUT)).await {
+                    Ok(()) => (peer.id, true),
+                    Err(PeerError::Membership { message, .. }) => {
+                        error!("replica {} ({}): MEMBERSHIP MISMATCH: {message}", peer.id, peer.address());
+                        (peer.id, false)
+                    }
+                    Err(_) => (peer.id, false),
                 }
-                Err(_) => (peer.id, false),
             }
-        });
+            .in_current_span(),
+        );
     }
     let mut reached = Vec::new();
     while let Some(joined) = calls.join_next().await {
@@ -328,7 +326,7 @@ pub async fn announce(peers: Vec<Member>, client: PeerClient) {
         }
     }
     reached.sort();
-    info!("replica {me} announced itself; peers that answered: {reached:?}");
+    info!("announced this replica; peers that answered: {reached:?}");
 }
 
 #[cfg(test)]
