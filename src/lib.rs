@@ -51,7 +51,7 @@ mod storage;
 mod sync;
 
 // The public surface: the modules tools and tests outside the crate use, under flat names.
-pub use crate::core::{clock, cluster, versions};
+pub use crate::core::{clock, cluster, show, versions};
 pub use crate::net::{api, auth, client, peer, protocol, server};
 pub use crate::node::{coordinator, replica};
 pub use crate::storage::store;

@@ -6,4 +6,5 @@
 
 pub mod clock;
 pub mod cluster;
+pub mod show;
 pub mod versions;

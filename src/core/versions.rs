@@ -81,8 +81,6 @@
 //! set for versions that dominate them). Either means two members took the same position — a
 //! member-list mismatch, or a data dir reused — and merging would drop one acknowledged write.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::core::clock::{Causality, VectorClock, MAX_COUNTER};
@@ -307,6 +305,11 @@ impl SiblingSet {
         Ok(())
     }
 
+    /// The versions' clocks, in the set's order.
+    pub fn clocks(&self) -> Vec<VectorClock> {
+        self.versions.iter().map(|v| v.clock.clone()).collect()
+    }
+
     /// Merges one incoming version (see the module docs for the rule) and says what happened.
     pub fn merge(&mut self, incoming: Version) -> MergeOutcome {
         let mut equal_index = None;
@@ -345,66 +348,6 @@ impl SiblingSet {
         for v in &other.versions {
             self.merge(v.clone());
         }
-    }
-}
-
-/// A value as log lines and messages show it: escaped (`"a\nb"`, so no value can forge a line),
-/// cut after `max` characters with `…` when a maximum is given; `(deleted)` for a tombstone.
-pub fn show_value(value: Option<&str>, max: Option<usize>) -> String {
-    match (value, max) {
-        (None, _) => "(deleted)".to_string(),
-        (Some(s), Some(max)) if s.chars().count() > max => format!("{:?}…", s.chars().take(max).collect::<String>()),
-        (Some(s), _) => format!("{s:?}"),
-    }
-}
-
-/// Clocks as log lines show them: `(none)`, `[1, 0, 0]`, or `{[1, 0, 0] ∥ [0, 1, 0]}` for siblings.
-pub struct Clocks<'a>(pub &'a [VectorClock]);
-
-impl fmt::Display for Clocks<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            [] => f.write_str("(none)"),
-            [one] => write!(f, "{one}"),
-            many => {
-                f.write_str("{")?;
-                for (i, c) in many.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(" ∥ ")?;
-                    }
-                    write!(f, "{c}")?;
-                }
-                f.write_str("}")
-            }
-        }
-    }
-}
-
-/// `"milk" [1, 0, 0]`, or `(deleted) [2, 0, 0]`. A precision cuts the value: `{:.24}`.
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", show_value(self.value.as_deref(), f.precision()), self.clock)
-    }
-}
-
-/// `(none)`, one version as [`Version`] shows it, or `{"a" [1, 0] ∥ "b" [0, 1]}` for siblings.
-/// A precision cuts every value.
-impl fmt::Display for SiblingSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let precision = f.precision();
-        let show = |v: &Version| format!("{} {}", show_value(v.value.as_deref(), precision), v.clock);
-        match self.versions.as_slice() {
-            [] => f.write_str("(none)"),
-            [one] => f.write_str(&show(one)),
-            many => write!(f, "{{{}}}", many.iter().map(show).collect::<Vec<_>>().join(" ∥ ")),
-        }
-    }
-}
-
-impl SiblingSet {
-    /// The versions' clocks, in the set's order.
-    pub fn clocks(&self) -> Vec<VectorClock> {
-        self.versions.iter().map(|v| v.clock.clone()).collect()
     }
 }
 

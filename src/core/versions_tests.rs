@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::*;
+use crate::core::show::Clocks;
 use proptest::prelude::*;
 
 fn vc(c: &[u64]) -> VectorClock {

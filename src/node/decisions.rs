@@ -8,7 +8,8 @@ use tracing::{debug, info, warn};
 
 use crate::core::clock::{VectorClock, MAX_COUNTER};
 use crate::core::cluster::ReplicaId;
-use crate::core::versions::{show_value, Clocks, MergeOutcome, SiblingSet, Version, WriteRefusal};
+use crate::core::show::{show_value, Clocks};
+use crate::core::versions::{MergeOutcome, SiblingSet, Version, WriteRefusal};
 use crate::error::Error;
 use crate::storage::store::MergeRecord;
 

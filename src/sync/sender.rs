@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::core::cluster::{Member, ReplicaId};
-use crate::core::versions::Clocks;
+use crate::core::show::Clocks;
 use crate::error::Result;
 use crate::net::peer::{PeerClient, PeerError, PeerTransport, CONNECT_TIMEOUT};
 use crate::net::protocol::{ReplicateEntry, ReplicateRequest, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
