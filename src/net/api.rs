@@ -29,7 +29,7 @@ use crate::node::replica::Replica;
 use crate::sync::anti_entropy::{serve_digest, serve_entries};
 
 /// An error on its way to the client.
-pub struct AppError(Error);
+pub(crate) struct AppError(Error);
 
 impl From<Error> for AppError {
     fn from(e: Error) -> Self {
@@ -270,7 +270,7 @@ async fn wrong_method() -> Response {
 
 /// Largest client request body: room for a value at the limit even if every byte is escaped as
 /// `\u00XX` (6 bytes each), plus the context. The value itself is checked after decoding.
-pub fn client_body_limit(max_value_bytes: usize) -> usize {
+pub(crate) fn client_body_limit(max_value_bytes: usize) -> usize {
     max_value_bytes.saturating_mul(6).saturating_add(64 * 1024)
 }
 

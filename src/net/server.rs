@@ -83,7 +83,7 @@ pub fn connection_cap(wanted: usize) -> (usize, Option<u64>) {
 }
 
 /// The text of the error a body that took too long fails with (the API maps it to 408).
-pub const BODY_TIMEOUT_MESSAGE: &str = "request body not received in time";
+pub(crate) const BODY_TIMEOUT_MESSAGE: &str = "request body not received in time";
 
 /// A request body that fails once its deadline passes.
 struct DeadlineBody {

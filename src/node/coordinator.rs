@@ -68,7 +68,7 @@ pub async fn read(replica: &Arc<Replica>, key: &str, r: Option<usize>) -> Result
 }
 
 /// Checks a requested quorum size against N.
-pub fn check_quorum(name: &str, k: usize, n: usize) -> Result<()> {
+pub(crate) fn check_quorum(name: &str, k: usize, n: usize) -> Result<()> {
     if k == 0 || k > n {
         return Err(Error::InvalidInput(format!("{name} must be between 1 and N = {n}, got {k}")));
     }
@@ -89,12 +89,12 @@ async fn push<P: PeerTransport>(
 }
 
 /// After a local write of `key`, pushes its set to every peer and waits for `w - 1` acks.
-pub async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock, w: usize) -> Result<usize> {
+pub(crate) async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock, w: usize) -> Result<usize> {
     write_quorum_via(replica, replica.peers(), key, clock, w).await
 }
 
 /// [`write_quorum`] through the given transport.
-pub async fn write_quorum_via<P: PeerTransport>(
+pub(crate) async fn write_quorum_via<P: PeerTransport>(
     replica: &Arc<Replica>,
     peers: &P,
     key: &str,
@@ -145,12 +145,12 @@ async fn peer_read<P: PeerTransport>(
 }
 
 /// Reads `key` from `r` replicas (this one first), merges their sets, repairs those behind.
-pub async fn read_quorum(replica: &Arc<Replica>, key: &str, r: usize) -> Result<SiblingSet> {
+pub(crate) async fn read_quorum(replica: &Arc<Replica>, key: &str, r: usize) -> Result<SiblingSet> {
     read_quorum_via(replica, replica.peers(), key, r).await
 }
 
 /// [`read_quorum`] through the given transport.
-pub async fn read_quorum_via<P: PeerTransport>(
+pub(crate) async fn read_quorum_via<P: PeerTransport>(
     replica: &Arc<Replica>,
     peers: &P,
     key: &str,

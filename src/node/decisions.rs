@@ -16,7 +16,7 @@ use crate::storage::store::MergeRecord;
 /// Past this many siblings for one key, every merge that adds one logs a warning (Riak warns
 /// at the same number): so many concurrent versions mean clients write without reading the
 /// context, and reads grow with every one.
-pub const SIBLING_WARN_THRESHOLD: usize = 25;
+pub(crate) const SIBLING_WARN_THRESHOLD: usize = 25;
 
 /// A value shortened for a log line (`(delete)` for a delete).
 pub(crate) fn preview(value: Option<&str>) -> String {

@@ -36,7 +36,7 @@ impl PeerLink {
     }
 
     /// The peer showed it is up (hello or replication from it): retry now, skipping backoff.
-    pub fn peer_is_up(&self) {
+    pub(crate) fn peer_is_up(&self) {
         self.peer_up.notify_one();
         self.work.notify_one();
     }

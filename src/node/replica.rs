@@ -155,13 +155,8 @@ impl Replica {
 
     /// Why this replica cannot serve, if it cannot: its store failed (an I/O error such as a full
     /// disk, or damage) and has not been reopened since, or a read of it fails now.
-    pub async fn storage_problem(&self) -> Option<String> {
+    pub(crate) async fn storage_problem(&self) -> Option<String> {
         self.blocking(|store| store.probe()).await.err().map(|e| e.to_string())
-    }
-
-    /// Write transactions this replica's store committed since it started.
-    pub fn commits(&self) -> u64 {
-        self.store.commits()
     }
 
     /// Longest value accepted, in bytes.
@@ -230,7 +225,7 @@ impl Replica {
     }
 
     /// Validates a whole peer batch, then merges it in one transaction and logs every decision.
-    pub async fn apply_replication(&self, request: ReplicateRequest) -> Result<ReplicateResponse> {
+    pub(crate) async fn apply_replication(&self, request: ReplicateRequest) -> Result<ReplicateResponse> {
         let from = request.from;
         self.check_peer(from, "replication")?;
         if request.entries.len() > MAX_BATCH_KEYS {
@@ -301,7 +296,7 @@ impl Replica {
     ///
     /// Unlike a replication batch, a pulled page is checked entry by entry: an entry this replica
     /// refuses is skipped with a warning, so one bad key cannot stall anti-entropy or recovery.
-    pub async fn merge_pulled(&self, source: MergeSource, pulled: Vec<ReplicateEntry>) -> Result<usize> {
+    pub(crate) async fn merge_pulled(&self, source: MergeSource, pulled: Vec<ReplicateEntry>) -> Result<usize> {
         let mut entries = Vec::with_capacity(pulled.len());
         for entry in pulled {
             let key = entry.key.clone();
@@ -323,7 +318,7 @@ impl Replica {
     }
 
     /// Answers a quorum read from a peer: the whole set, tombstones included.
-    pub async fn serve_peer_read(&self, request: PeerReadRequest) -> Result<PeerReadResponse> {
+    pub(crate) async fn serve_peer_read(&self, request: PeerReadRequest) -> Result<PeerReadResponse> {
         self.check_peer(request.from, "read request")?;
         if self.is_recovering() {
             // Its data may be missing writes it acknowledged before losing its disk: it must not
@@ -338,7 +333,7 @@ impl Replica {
     }
 
     /// A peer announced it (re)started: skip the backoff toward it.
-    pub fn peer_hello(&self, from: ReplicaId) -> Result<()> {
+    pub(crate) fn peer_hello(&self, from: ReplicaId) -> Result<()> {
         let link = self.links.iter().find(|l| l.member.id == from).ok_or_else(|| {
             Error::Conflict(format!("hello from {from}, which is not a peer of replica {}", self.id()))
         })?;

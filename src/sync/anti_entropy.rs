@@ -37,7 +37,7 @@ use crate::node::replica::{AntiEntropyConfig, Replica};
 
 /// What one round did.
 #[derive(Debug, Clone, Default)]
-pub struct RoundReport {
+pub(crate) struct RoundReport {
     /// Ranges whose digests differed.
     pub differing_ranges: usize,
     /// Keys received from the peer.
@@ -53,7 +53,7 @@ pub struct RoundReport {
 /// `cursor` carries a large repair across rounds: when the peer's answer was cut short, the next
 /// round against that peer asks for the keys after the last one received, and starts over once a
 /// round gets everything.
-pub async fn pull_round(
+pub(crate) async fn pull_round(
     replica: &Replica,
     peer: &Member,
     max_keys: usize,
@@ -132,10 +132,10 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
 
 /// Pause between attempts to reach peers that recovery still needs.
 /// Most keys one anti-entropy answer carries, whatever the puller asks for.
-pub const MAX_AE_KEYS_PER_ANSWER: usize = 100_000;
+pub(crate) const MAX_AE_KEYS_PER_ANSWER: usize = 100_000;
 
 /// The serving side: answers a peer's digest request.
-pub async fn serve_digest(replica: &Replica, request: DigestRequest) -> Result<DigestResponse> {
+pub(crate) async fn serve_digest(replica: &Replica, request: DigestRequest) -> Result<DigestResponse> {
     replica.check_peer(request.from, "digest request")?;
     requested_ranges(request.ranges, &[]).map_err(Error::InvalidInput)?;
     let digests = replica.range_digests(request.ranges).await?;
@@ -143,7 +143,7 @@ pub async fn serve_digest(replica: &Replica, request: DigestRequest) -> Result<D
 }
 
 /// The serving side: answers a peer's request for the keys of some hash ranges.
-pub async fn serve_entries(replica: &Replica, request: EntriesRequest) -> Result<EntriesResponse> {
+pub(crate) async fn serve_entries(replica: &Replica, request: EntriesRequest) -> Result<EntriesResponse> {
     replica.check_peer(request.from, "entries request")?;
     let ranges = requested_ranges(request.of, &request.ranges).map_err(Error::InvalidInput)?;
     let (of, limit, after) = (request.of, request.limit.min(MAX_AE_KEYS_PER_ANSWER), request.after);

@@ -39,12 +39,12 @@ use crate::storage::on_store;
 use crate::storage::store::{Pending, Store};
 
 /// First retry delay after a failure. Doubles per failure up to [`BACKOFF_MAX`].
-pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest retry delay. Low, so that a returning peer catches up within about a second even if
 /// its hello is lost; a dead peer costs one request per second per sender.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Sender batches stop growing past this many bytes of encoded sets.
-pub const BATCH_TARGET_BYTES: usize = MAX_REPLICATE_BODY_BYTES / 4;
+pub(crate) const BATCH_TARGET_BYTES: usize = MAX_REPLICATE_BODY_BYTES / 4;
 
 /// Why a batch did not ship.
 enum ShipError {
@@ -59,9 +59,9 @@ enum ShipError {
 }
 
 /// Retry period toward a peer that refuses this replica's membership (until it says hello).
-pub const MEMBERSHIP_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const MEMBERSHIP_RETRY: Duration = Duration::from_secs(10);
 /// How long a key that a peer refuses is passed over before it is offered again.
-pub const REFUSED_KEY_RETRY: Duration = Duration::from_secs(300);
+pub(crate) const REFUSED_KEY_RETRY: Duration = Duration::from_secs(300);
 /// An idle sender re-reads its outbox this often even without a wake-up (a safety net).
 pub const IDLE_POLL: Duration = Duration::from_secs(5);
 
@@ -294,12 +294,12 @@ async fn local_backoff(stop: &mut watch::Receiver<bool>, failures: u32) {
 }
 
 /// Longest pause between two attempts while the local store fails (a full disk, say).
-pub const LOCAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const LOCAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Tells every peer this replica has (re)started, so their senders skip their backoff.
 /// Best effort: a peer that is down will announce itself when it comes back. A peer that
 /// refuses this replica's membership is logged as an error.
-pub async fn announce(peers: Vec<Member>, client: PeerClient) {
+pub(crate) async fn announce(peers: Vec<Member>, client: PeerClient) {
     let me = client.auth().from();
     let mut calls = tokio::task::JoinSet::new();
     for peer in peers {
