@@ -160,7 +160,11 @@ impl Backend {
     /// Takes replica `id` offline: SIGTERM (clean) or SIGKILL (crash).
     pub async fn stop(&mut self, id: usize, how: Stop) -> Result<(), String> {
         match self {
-            Backend::Local(c) => c.stop(id, how).map_err(|e| format!("cannot stop replica {id}: {e}")),
+            // LocalCluster::stop waits for the process to exit (up to 10 s) on this thread: tell
+            // the runtime, so the other tasks move to another worker meanwhile.
+            Backend::Local(c) => {
+                tokio::task::block_in_place(|| c.stop(id, how)).map_err(|e| format!("cannot stop replica {id}: {e}"))
+            }
             Backend::Docker(d) => {
                 let service = format!("kv{id}");
                 match how {
