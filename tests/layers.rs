@@ -1,6 +1,6 @@
 //! The architecture, checked: every `crate::` path in the library's code must point to a layer
 //! its module may use (the map below, the same as in `src/lib.rs`), and no source file grows past
-//! 400 lines without saying why at its top (a `//! Size:` line).
+//! 350 lines without saying why at its top (a `//! Size:` line), in any crate of the workspace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -123,18 +123,22 @@ fn the_scan_sees_a_forbidden_use() {
 
 #[test]
 fn long_files_say_why() {
-    let (_, files) = library_files();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "testkit/src", "driver/src", "report/src", "fuzz/src"] {
+        rust_files(&root.join(dir), &mut files);
+    }
     let mut unexplained = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         let lines = text.lines().count();
-        if lines > 400 && !text.lines().take(40).any(|l| l.starts_with("//! Size:")) {
+        if lines > 350 && !text.lines().take(40).any(|l| l.starts_with("//! Size:")) {
             unexplained.push(format!("{} ({lines} lines)", file.display()));
         }
     }
     assert!(
         unexplained.is_empty(),
-        "files over 400 lines without a `//! Size:` reason at the top:\n{}",
+        "files over 350 lines without a `//! Size:` reason at the top:\n{}",
         unexplained.join("\n")
     );
 }

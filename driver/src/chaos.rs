@@ -1,6 +1,9 @@
 //! Scenario 6: concurrent clients against replicas that crash, pause and restart at random, then
 //! a checker that every acknowledged update survived and every replica converged.
 //!
+//! Size: the workload, the fault injector and the strict checker of one scenario, which share its
+//! state.
+//!
 //! The load is Jepsen's set workload: each write adds one unique element to a key by
 //! read-modify-write with the context read (merge the siblings' JSON lists, add, write back; on
 //! a 409, merge what the replica returned and try again, a bounded number of times).

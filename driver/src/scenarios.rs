@@ -1,4 +1,7 @@
 //! The scripted scenarios: each prints what it does, what it expects, what it saw, PASS/FAIL.
+//!
+//! Size: one function per scripted scenario (1–5, 7, 8) plus the checks they share; each scenario
+//! reads top to bottom as the story it prints.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! `vkv-report`: the latency study — five regions, one replica and one client site each.
 //!
+//! Size: three subcommands (simulate, measure, render) and the setup and teardown of the simulated
+//! deployment, which must clean up on every exit path.
+//!
 //! ```text
 //! cargo run --release -p vkv-report                 # full study on the simulated WAN → report/
 //! cargo run --release -p vkv-report -- --quick      # fewer samples, under 3 minutes

@@ -1,6 +1,9 @@
 //! The measuring client, one per region: the same code runs in the simulation (five sites in
 //! one process, on the simulated WAN) and on real GCP VMs (`vkv-report measure …` on each VM).
 //!
+//! Size: one measuring client, five phases (ping, latency, lag, conflicts, down/catch-up), shared
+//! by the simulation and the GCP run; the phases share its connection and clock handling.
+//!
 //! Every phase is a function of one [`Site`] — a region, the address of every replica, and the
 //! local address to send from — and returns plain data ([`Results`]) with raw samples and wall
 //! clock timestamps; [`crate::render`] turns the data of all sites into the report. Phases that

@@ -1,5 +1,8 @@
 //! From measured data to the report: `data/summary.json`, `figures/*.png` and `REPORT.md`.
 //!
+//! Size: every number of the report is computed here from the raw data, next to the sentence that
+//! quotes it, so that no figure is written by hand.
+//!
 //! Every number in the report is computed here from the raw data of a [`Run`]
 //! (`data/raw.json`), so `vkv-report render` can rebuild the report from a run's data alone
 //! (the GCP scripts fetch each VM's data and render it the same way).

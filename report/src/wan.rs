@@ -1,5 +1,7 @@
 //! The simulated WAN: every byte between two regions is delayed by that pair's one-way latency.
 //!
+//! Size: the delay proxy and its timer thread, and their tests (a third of the file).
+//!
 //! ```text
 //!   region i = loopback address 127.0.1.(i+1)
 //!

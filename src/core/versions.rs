@@ -1,5 +1,8 @@
 //! Versions and sibling sets: what one key holds, and the merge rule that makes replicas converge.
 //!
+//! Size: the design essay (the write rule, the merge rule, Dynamo's example) is a third of it, kept
+//! next to the code it explains.
+//!
 //! # The model
 //!
 //! Every key maps to a [`SiblingSet`]: one or more [`Version`]s, each a value (or a tombstone, for

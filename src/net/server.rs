@@ -1,6 +1,9 @@
 //! The connection layer under the HTTP app: accepts TCP connections, serves HTTP/1.1 on each
 //! with bounded waits, caps how many are open, and shuts down within a grace period.
 //!
+//! Size: the accept loop and the two pieces it needs that hyper lacks (a total body deadline, the
+//! JSON shaping of hyper's own error answers) read best together; each is short.
+//!
 //! `axum::serve` has none of these bounds, so a client that opens connections and sends nothing,
 //! trickles a header or a body, or simply holds many idle connections could keep a replica's
 //! file descriptors and its shutdown hostage. Here:

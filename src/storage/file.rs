@@ -1,5 +1,8 @@
 //! The store's file: its atomic creation at a first start, opening with the integrity check,
 //! `--repair`, and the fault handling that closes and reopens it after an I/O error or a panic.
+//!
+//! Size: every way the store file can fail — a first start cut short, damage, a full disk — and
+//! what is done about each, in one place; splitting it would separate a failure from its recovery.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;

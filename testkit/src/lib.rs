@@ -1,6 +1,8 @@
 //! `vkv-testkit`: a cluster of real `vkv-server` processes on loopback, for the driver, the
 //! report and the end-to-end tests — kept out of the product crate.
 //!
+//! Size: one type, `LocalCluster`, and the verbs the driver and the tests use on it.
+//!
 //! Each replica gets its own data dir and log file under one root directory. Replicas can be
 //! stopped cleanly (SIGTERM), crashed (SIGKILL) and started again on the same data dir. Dropping
 //! the [`LocalCluster`] kills every replica it started, so a failing test leaves nothing behind.
