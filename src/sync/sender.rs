@@ -127,32 +127,23 @@ impl<P: PeerTransport> Sender<P> {
         on_store(&self.store, move |store| store.acknowledge(peer, &delivered)).await
     }
 
-    /// Drains the outbox until `stop` turns true.
+    /// Drains the outbox until `stop` turns true. The decisions (what to send next, how long to
+    /// wait, what to log) are [`Progress`]'s; this loop does the I/O and the waiting.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let peer = &self.link.member;
         let (pid, addr) = (peer.id, peer.address());
-        let mut state = PeerState::Up;
-        let mut backoff = BACKOFF_MIN;
-        // Where the next batch starts (just after the last key shipped), how many keys it may
-        // hold (halved while a peer refuses a batch, to find the key it refuses), and the keys
-        // the peer refused, passed over until their retry time.
-        let mut cursor: Option<String> = None;
-        let mut batch_keys = MAX_BATCH_KEYS;
-        let mut refused: HashMap<String, Instant> = HashMap::new();
-        // Consecutive failures of this replica's own store (reading the outbox, clearing marks).
-        let mut local_failures: u32 = 0;
+        let mut progress = Progress::new();
         debug!("sender started");
         while !*stop.borrow() {
-            refused.retain(|_, until| *until > Instant::now());
-            let skip: HashSet<String> = refused.keys().cloned().collect();
-            let batch = match self.next_batch(cursor.clone(), batch_keys, skip).await {
+            let skip = progress.skipped(Instant::now());
+            let batch = match self.next_batch(progress.cursor.clone(), progress.batch_keys, skip).await {
                 Ok(batch) => batch,
                 Err(e) => {
-                    if local_failures == 0 {
+                    let (first, delay) = progress.local_failure();
+                    if first {
                         warn!("cannot read outbox: {e}; retrying with backoff");
                     }
-                    local_failures += 1;
-                    local_backoff(&mut stop, local_failures).await;
+                    pause(&mut stop, delay).await;
                     continue;
                 }
             };
@@ -171,35 +162,29 @@ impl<P: PeerTransport> Sender<P> {
             match shipped {
                 Ok(()) => {
                     self.link.set_membership_refusal(None);
-                    if let PeerState::Mismatch = state {
-                        info!("replica {pid} ({addr}) accepts this replica's membership again");
+                    match progress.delivered(&batch, Instant::now()) {
+                        Recovered::Membership => {
+                            info!("replica {pid} ({addr}) accepts this replica's membership again")
+                        }
+                        Recovered::Reachable { after, failures } => info!(
+                            "replica {pid} ({addr}) is reachable again after {:.1}s and {failures} failed \
+                             attempt(s); delivering queued keys",
+                            after.as_secs_f64()
+                        ),
+                        Recovered::No => {}
                     }
-                    if let PeerState::Down { since, failures } = state {
-                        info!(
-                            "replica {pid} ({addr}) is reachable again after {:.1}s \
-                             and {failures} failed attempt(s); delivering queued keys",
-                            since.elapsed().as_secs_f64()
-                        );
-                    }
-                    state = PeerState::Up;
-                    backoff = BACKOFF_MIN;
-                    batch_keys = (batch_keys * 2).min(MAX_BATCH_KEYS);
-                    cursor = batch.last().map(|p| p.key.clone());
                     match self.acknowledge(&batch).await {
                         Ok(cleared) => {
-                            if local_failures > 0 {
-                                info!(
-                                    "the store works again after {local_failures} \
-                                     failure(s)"
-                                );
-                                local_failures = 0;
+                            if let Some(failures) = progress.local_ok() {
+                                info!("the store works again after {failures} failure(s)");
                             }
+                            let requeued = batch.len() - cleared;
                             info!(
                                 "delivered {} key(s): {}{}",
                                 batch.len(),
                                 summarise(&batch),
-                                if cleared < batch.len() {
-                                    format!(" ({} changed meanwhile, re-queued)", batch.len() - cleared)
+                                if requeued > 0 {
+                                    format!(" ({requeued} changed meanwhile, re-queued)")
                                 } else {
                                     String::new()
                                 }
@@ -208,42 +193,33 @@ impl<P: PeerTransport> Sender<P> {
                         Err(e) => {
                             // The peer has the batch but the marks stay: it ships again, after a
                             // pause (the peer's merge is a no-op then, and commits nothing).
-                            if local_failures == 0 {
-                                warn!(
-                                    "delivered but cannot clear marks: {e}; \
-                                     retrying with backoff"
-                                );
+                            let (first, delay) = progress.local_failure();
+                            if first {
+                                warn!("delivered but cannot clear marks: {e}; retrying with backoff");
                             }
-                            local_failures += 1;
-                            local_backoff(&mut stop, local_failures).await;
+                            pause(&mut stop, delay).await;
                         }
                     }
                 }
-                Err(ShipError::Refused(reason)) if batch.len() > 1 => {
-                    batch_keys = (batch.len() / 2).max(1);
-                    warn!(
-                        "replica {pid} refused a batch of {} keys ({reason}); \
-                         retrying in batches of {batch_keys} to find the key it refuses",
+                Err(ShipError::Refused(reason)) => match progress.refused(&batch, Instant::now()) {
+                    Refusal::Halve { batch_keys } => warn!(
+                        "replica {pid} refused a batch of {} keys ({reason}); retrying in batches of \
+                         {batch_keys} to find the key it refuses",
                         batch.len()
-                    );
-                }
-                Err(ShipError::Refused(reason)) => {
-                    let key = batch[0].key.clone();
-                    error!(
-                        "replica {pid} refuses key {key:?}: {reason}; it stays queued and is \
-                         offered again in {REFUSED_KEY_RETRY:?}, other keys go on"
-                    );
-                    refused.insert(key, Instant::now() + REFUSED_KEY_RETRY);
-                }
+                    ),
+                    Refusal::SetAside { key } => error!(
+                        "replica {pid} refuses key {key:?}: {reason}; it stays queued and is offered again \
+                         in {REFUSED_KEY_RETRY:?}, other keys go on"
+                    ),
+                },
                 Err(ShipError::Membership(reason)) => {
-                    if !matches!(state, PeerState::Mismatch) {
+                    if progress.membership_refused() {
                         error!(
-                            "replica {pid} ({addr}): MEMBERSHIP MISMATCH, nothing is shipped to it: \
-                             {reason}; retrying every {MEMBERSHIP_RETRY:?}"
+                            "replica {pid} ({addr}): MEMBERSHIP MISMATCH, nothing is shipped to it: {reason}; \
+                             retrying every {MEMBERSHIP_RETRY:?}"
                         );
                     }
                     self.link.set_membership_refusal(Some(reason));
-                    state = PeerState::Mismatch;
                     tokio::select! {
                         _ = tokio::time::sleep(MEMBERSHIP_RETRY) => {}
                         _ = self.link.peer_up.notified() => {}
@@ -251,28 +227,22 @@ impl<P: PeerTransport> Sender<P> {
                     }
                 }
                 Err(ShipError::Unreachable(reason)) => {
-                    match &mut state {
-                        PeerState::Up | PeerState::Mismatch => {
-                            let depth = on_store(&self.store, move |store| store.outbox_depth(pid))
-                                .await
-                                .unwrap_or(batch.len() as u64);
-                            warn!(
-                                "replica {pid} ({addr}) unreachable: {reason}; \
-                                 {depth} key(s) queued, retrying with backoff (≤ {BACKOFF_MAX:?})"
-                            );
-                            state = PeerState::Down { since: Instant::now(), failures: 1 };
-                        }
-                        PeerState::Down { failures, .. } => *failures += 1,
+                    let jitter = rand::rng().random_range(0.0..=1.0);
+                    let (first, delay) = progress.unreachable(Instant::now(), jitter);
+                    if first {
+                        let depth = on_store(&self.store, move |store| store.outbox_depth(pid))
+                            .await
+                            .unwrap_or(batch.len() as u64);
+                        warn!(
+                            "replica {pid} ({addr}) unreachable: {reason}; {depth} key(s) queued, retrying with \
+                             backoff (≤ {BACKOFF_MAX:?})"
+                        );
                     }
-                    let half = backoff / 2;
-                    let jitter = rand::rng().random_range(Duration::ZERO..=half);
-                    let delay = half + jitter;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.link.peer_up.notified() => {
                             debug!("peer said it is up, retrying now");
-                            backoff = BACKOFF_MIN;
+                            progress.peer_said_up();
                         }
                         _ = stop.changed() => {}
                     }
@@ -283,13 +253,135 @@ impl<P: PeerTransport> Sender<P> {
     }
 }
 
-/// The pause after the `failures`-th consecutive failure of the local store: 50 ms doubling to
-/// [`LOCAL_BACKOFF_MAX`], cut short by `stop`.
-async fn local_backoff(stop: &mut watch::Receiver<bool>, failures: u32) {
-    let delay = BACKOFF_MIN.saturating_mul(1 << failures.min(10)).min(LOCAL_BACKOFF_MAX);
+/// Sleeps `delay`, cut short by `stop`.
+async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = stop.changed() => {}
+    }
+}
+
+/// A sender's state between two batches, and its decisions: pure (no I/O, no clock of its own:
+/// times come in as arguments), so every transition is unit-tested.
+struct Progress {
+    /// The sender's view of its peer, for log transitions.
+    peer: PeerState,
+    /// The next wait while the peer is unreachable (doubles per failure, up to [`BACKOFF_MAX`]).
+    backoff: Duration,
+    /// Where the next batch starts: just after the last key shipped.
+    cursor: Option<String>,
+    /// Most keys in the next batch: halved while a peer refuses batches, to find the key it refuses.
+    batch_keys: usize,
+    /// Keys the peer refused, passed over until their retry time.
+    refused: HashMap<String, Instant>,
+    /// Consecutive failures of this replica's own store (reading the outbox, clearing marks).
+    local_failures: u32,
+}
+
+/// What a delivered batch ended.
+#[derive(Debug, PartialEq)]
+enum Recovered {
+    No,
+    Reachable { after: Duration, failures: u32 },
+    Membership,
+}
+
+/// What a refused batch leads to.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// Retry in smaller batches.
+    Halve { batch_keys: usize },
+    /// A one-key batch was refused: that key is set aside.
+    SetAside { key: String },
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            peer: PeerState::Up,
+            backoff: BACKOFF_MIN,
+            cursor: None,
+            batch_keys: MAX_BATCH_KEYS,
+            refused: HashMap::new(),
+            local_failures: 0,
+        }
+    }
+
+    /// The keys to pass over now (refused ones whose retry time has not come).
+    fn skipped(&mut self, now: Instant) -> HashSet<String> {
+        self.refused.retain(|_, until| *until > now);
+        self.refused.keys().cloned().collect()
+    }
+
+    /// The peer took `batch`: reset the backoff, grow batches back, move the cursor past it.
+    fn delivered(&mut self, batch: &[Pending], now: Instant) -> Recovered {
+        let recovered = match self.peer {
+            PeerState::Up => Recovered::No,
+            PeerState::Down { since, failures } => Recovered::Reachable { after: now - since, failures },
+            PeerState::Mismatch => Recovered::Membership,
+        };
+        self.peer = PeerState::Up;
+        self.backoff = BACKOFF_MIN;
+        self.batch_keys = (self.batch_keys * 2).min(MAX_BATCH_KEYS);
+        self.cursor = batch.last().map(|p| p.key.clone()).or(self.cursor.take());
+        recovered
+    }
+
+    /// The peer refused `batch`'s content.
+    fn refused(&mut self, batch: &[Pending], now: Instant) -> Refusal {
+        if batch.len() > 1 {
+            self.batch_keys = (batch.len() / 2).max(1);
+            Refusal::Halve { batch_keys: self.batch_keys }
+        } else {
+            let key = batch[0].key.clone();
+            self.refused.insert(key.clone(), now + REFUSED_KEY_RETRY);
+            Refusal::SetAside { key }
+        }
+    }
+
+    /// The peer refused this replica's membership; true the first time in a row (log it).
+    fn membership_refused(&mut self) -> bool {
+        let first = !matches!(self.peer, PeerState::Mismatch);
+        self.peer = PeerState::Mismatch;
+        first
+    }
+
+    /// No usable answer. Returns whether the peer just went down (log it) and how long to wait:
+    /// between half and all of the current backoff (`jitter` in 0..=1), which then doubles.
+    fn unreachable(&mut self, now: Instant, jitter: f64) -> (bool, Duration) {
+        let first = match &mut self.peer {
+            PeerState::Up | PeerState::Mismatch => {
+                self.peer = PeerState::Down { since: now, failures: 1 };
+                true
+            }
+            PeerState::Down { failures, .. } => {
+                *failures += 1;
+                false
+            }
+        };
+        let half = self.backoff / 2;
+        let delay = half + half.mul_f64(jitter.clamp(0.0, 1.0));
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        (first, delay)
+    }
+
+    /// The peer said it is up: the next failure starts the backoff over.
+    fn peer_said_up(&mut self) {
+        self.backoff = BACKOFF_MIN;
+    }
+
+    /// This replica's store failed. Returns whether it is the first failure in a row (log it)
+    /// and the pause: 50 ms doubling per failure, up to [`LOCAL_BACKOFF_MAX`].
+    fn local_failure(&mut self) -> (bool, Duration) {
+        self.local_failures += 1;
+        let delay = BACKOFF_MIN.saturating_mul(1 << self.local_failures.min(10)).min(LOCAL_BACKOFF_MAX);
+        (self.local_failures == 1, delay)
+    }
+
+    /// The store worked: if it had been failing, how many times.
+    fn local_ok(&mut self) -> Option<u32> {
+        let failures = std::mem::take(&mut self.local_failures);
+        (failures > 0).then_some(failures)
     }
 }
 

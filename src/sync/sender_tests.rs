@@ -145,3 +145,64 @@ async fn a_membership_refusal_is_recorded_until_the_peer_accepts() {
     assert_eq!(f.link.membership_refusal(), None);
     f.stop.send(true).unwrap();
 }
+
+// The decisions alone (`Progress`), step by step.
+
+fn pending(keys: &[&str]) -> Vec<Pending> {
+    keys.iter().map(|k| Pending { key: k.to_string(), mark: 1, set: SiblingSet::new() }).collect()
+}
+
+#[test]
+fn backoff_doubles_to_its_cap_with_jitter_and_resets_on_delivery() {
+    let mut p = Progress::new();
+    let t0 = Instant::now();
+    let (first, d) = p.unreachable(t0, 0.0);
+    assert!(first, "the first failure is logged");
+    assert_eq!(d, BACKOFF_MIN / 2, "no jitter: half the backoff");
+    let (first, d) = p.unreachable(t0, 1.0);
+    assert!(!first, "later failures are counted, not logged");
+    assert_eq!(d, BACKOFF_MIN * 2, "full jitter: the whole (doubled) backoff");
+    for _ in 0..20 {
+        let (_, d) = p.unreachable(t0, 1.0);
+        assert!(d <= BACKOFF_MAX);
+    }
+    assert_eq!(p.backoff, BACKOFF_MAX);
+    match p.delivered(&pending(&["k"]), t0 + Duration::from_secs(3)) {
+        Recovered::Reachable { after, failures } => {
+            assert_eq!((after, failures), (Duration::from_secs(3), 22));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.backoff, BACKOFF_MIN);
+    assert_eq!(p.cursor.as_deref(), Some("k"), "the next batch starts after the last key shipped");
+    assert_eq!(p.delivered(&pending(&["m"]), t0), Recovered::No);
+}
+
+#[test]
+fn a_refused_batch_is_halved_until_the_refused_key_is_set_aside_for_a_while() {
+    let mut p = Progress::new();
+    let t0 = Instant::now();
+    assert_eq!(p.refused(&pending(&["a", "b", "c", "d"]), t0), Refusal::Halve { batch_keys: 2 });
+    assert_eq!(p.batch_keys, 2);
+    assert_eq!(p.refused(&pending(&["a", "b"]), t0), Refusal::Halve { batch_keys: 1 });
+    assert_eq!(p.refused(&pending(&["b"]), t0), Refusal::SetAside { key: "b".into() });
+    assert_eq!(p.skipped(t0 + Duration::from_secs(1)), ["b".to_string()].into());
+    assert!(p.skipped(t0 + REFUSED_KEY_RETRY + Duration::from_secs(1)).is_empty(), "offered again later");
+    p.delivered(&pending(&["a"]), t0);
+    assert_eq!(p.batch_keys, 2, "batches grow back after a delivery");
+}
+
+#[test]
+fn membership_refusals_and_local_failures_are_logged_once_per_episode() {
+    let mut p = Progress::new();
+    assert!(p.membership_refused());
+    assert!(!p.membership_refused());
+    assert_eq!(p.delivered(&pending(&["k"]), Instant::now()), Recovered::Membership);
+    assert!(p.membership_refused(), "a new episode is logged again");
+    let delays: Vec<Duration> = (0..8).map(|_| p.local_failure().1).collect();
+    assert_eq!(delays[0], BACKOFF_MIN * 2);
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]) && *delays.last().unwrap() <= LOCAL_BACKOFF_MAX);
+    assert_eq!(p.local_ok(), Some(8));
+    assert_eq!(p.local_ok(), None);
+    assert!(p.local_failure().0, "the first failure after a success is logged");
+}
