@@ -5,6 +5,7 @@
 //! May use: `core`, `error`, `storage`, `net::protocol`, `net::auth`, `net::peer`, `node`.
 
 pub mod anti_entropy;
+mod progress;
 pub mod recovery;
 pub mod sender;
 
