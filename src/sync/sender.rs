@@ -122,7 +122,7 @@ impl<P: PeerTransport> Sender<P> {
     }
 
     /// Drains the outbox until `stop` turns true. The decisions (what to send next, how long to
-    /// wait, what to log) are [`Progress`]'s; this loop does the I/O and the waiting.
+    /// wait, what to log) are `Progress`'s (sync/progress.rs); this loop does the I/O and the waiting.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let peer = &self.link.member;
         let (pid, addr) = (peer.id, peer.address());
