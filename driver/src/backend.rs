@@ -119,17 +119,10 @@ impl Backend {
     pub async fn wait_healthy(&mut self, id: usize) -> Result<(), String> {
         match self {
             Backend::Local(c) => c.wait_healthy(id, START_TIMEOUT).await,
-            Backend::Docker(_) => {
-                let client = self.client(id);
-                let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-                while !client.healthy().await {
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(format!("kv{id} not healthy after {START_TIMEOUT:?}"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Ok(())
-            }
+            Backend::Docker(_) => match vkv_testkit::wait_healthy(&self.client(id), START_TIMEOUT).await {
+                true => Ok(()),
+                false => Err(format!("kv{id} not healthy after {START_TIMEOUT:?}")),
+            },
         }
     }
 

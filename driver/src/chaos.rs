@@ -159,8 +159,7 @@ async fn outboxes_empty(clients: &[Client]) -> bool {
 async fn heal(ctx: &mut Ctx, faults: &mut [Option<Fault>], id: usize) -> Result<(), String> {
     match faults[id - 1].take() {
         Some(Fault::Crashed) => {
-            ctx.backend.start(id).await?;
-            ctx.up[id - 1] = true;
+            ctx.bring_up(id).await?;
         }
         Some(Fault::Paused) => ctx.backend.resume(id).await?,
         None => {}
@@ -247,8 +246,7 @@ pub async fn chaos(ctx: &mut Ctx, cfg: &ChaosConfig) -> Result<(), String> {
                 pauses += 1;
                 fault_log.push(format!("pause {id}"));
             } else {
-                ctx.backend.stop(id, Stop::Crash).await?;
-                ctx.up[id - 1] = false;
+                ctx.take_down(id, Stop::Crash).await?;
                 faults[id - 1] = Some(Fault::Crashed);
                 kills += 1;
                 fault_log.push(format!("kill {id}"));

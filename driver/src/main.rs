@@ -118,8 +118,7 @@ async fn run_all(ctx: &mut Ctx, chosen: &[Scenario], args: &Args, seed: u64) -> 
         // Whatever a scenario left offline comes back before the next one.
         for id in 1..=ctx.up.len() {
             if !ctx.up[id - 1] {
-                ctx.backend.start(id).await?;
-                ctx.up[id - 1] = true;
+                ctx.bring_up(id).await?;
             }
         }
     }

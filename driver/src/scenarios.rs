@@ -31,12 +31,9 @@ pub struct Ctx {
     pub up: Vec<bool>,
 }
 
-/// A version as `"value" [1, 0, 0, 0, 0]` (or `(deleted) [...]`).
+/// A version as `"value" [1, 0, 0, 0, 0]` (or `(deleted) [...]`): its `Display`.
 pub fn show_version(v: &vkv::versions::Version) -> String {
-    match &v.value {
-        Some(s) => format!("{s:?} {}", v.clock),
-        None => format!("(deleted) {}", v.clock),
-    }
+    v.to_string()
 }
 
 /// All versions of a read, siblings joined by ∥.
@@ -68,16 +65,28 @@ impl Ctx {
         (1..=self.n()).filter(|&id| self.up[id - 1]).collect()
     }
 
-    async fn stop(&mut self, id: usize, how: Stop) -> Result<(), String> {
-        say!("   → replica {id} goes offline ({})", describe(how));
+    /// Takes replica `id` offline, quietly: the one place (with [`Ctx::bring_up`]) that changes
+    /// which replicas are up.
+    pub async fn take_down(&mut self, id: usize, how: Stop) -> Result<(), String> {
         self.backend.stop(id, how).await?;
         self.up[id - 1] = false;
         Ok(())
     }
 
-    async fn start(&mut self, id: usize) -> Result<(), String> {
+    /// Starts replica `id` again and waits until it is healthy, quietly.
+    pub async fn bring_up(&mut self, id: usize) -> Result<(), String> {
         self.backend.start(id).await?;
         self.up[id - 1] = true;
+        Ok(())
+    }
+
+    async fn stop(&mut self, id: usize, how: Stop) -> Result<(), String> {
+        say!("   → replica {id} goes offline ({})", describe(how));
+        self.take_down(id, how).await
+    }
+
+    async fn start(&mut self, id: usize) -> Result<(), String> {
+        self.bring_up(id).await?;
         say!("   → replica {id} is back online (same data dir)");
         Ok(())
     }

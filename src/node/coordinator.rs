@@ -22,7 +22,7 @@ use tracing::{info, Instrument};
 
 use crate::core::clock::VectorClock;
 use crate::core::cluster::{Member, ReplicaId};
-use crate::core::versions::SiblingSet;
+use crate::core::versions::{SiblingSet, Version};
 use crate::error::{Error, Result};
 use crate::net::peer::{PeerError, PeerTransport};
 use crate::net::protocol::{
@@ -46,9 +46,13 @@ pub async fn write(
     if let Some(w) = w {
         check_quorum("w", w, replica.layout().n())?;
     }
-    let clock = replica.write(key.clone(), value, context).await?;
+    let clock = replica.write(key.clone(), value.clone(), context).await?;
     let acks = match w {
-        Some(w) => Some(write_quorum(replica, &key, &clock, w).await?),
+        Some(w) => {
+            // What the write left here: the new version alone (it superseded the whole set).
+            let written = SiblingSet::single(Version { clock: clock.clone(), value });
+            Some(write_quorum(replica, &key, &written, &clock, w).await?)
+        }
         None => None,
     };
     Ok(WriteResponse { key, clock, replica: replica.id(), acks })
@@ -88,9 +92,16 @@ async fn push<P: PeerTransport>(
     peers.call::<_, ReplicateResponse>(peer, "/replicate", &body, Some(QUORUM_TIMEOUT)).await.map(drop)
 }
 
-/// After a local write of `key`, pushes its set to every peer and waits for `w - 1` acks.
-pub(crate) async fn write_quorum(replica: &Arc<Replica>, key: &str, clock: &VectorClock, w: usize) -> Result<usize> {
-    write_quorum_via(replica, replica.peers(), key, clock, w).await
+/// After a local write of `key` (which left `written`), pushes it to every peer and waits for
+/// `w - 1` acks.
+pub(crate) async fn write_quorum(
+    replica: &Arc<Replica>,
+    key: &str,
+    written: &SiblingSet,
+    clock: &VectorClock,
+    w: usize,
+) -> Result<usize> {
+    write_quorum_via(replica, replica.peers(), key, written, clock, w).await
 }
 
 /// [`write_quorum`] through the given transport.
@@ -98,13 +109,14 @@ pub(crate) async fn write_quorum_via<P: PeerTransport>(
     replica: &Arc<Replica>,
     peers: &P,
     key: &str,
+    written: &SiblingSet,
     clock: &VectorClock,
     w: usize,
 ) -> Result<usize> {
     if w <= 1 {
         return Ok(1);
     }
-    let set = replica.read(key.to_string()).await?;
+    let set = written.clone();
     let mut pushes = JoinSet::new();
     for peer in replica.layout().peers() {
         let (peer, set, key, peers) = (peer.clone(), set.clone(), key.to_string(), peers.clone());
@@ -302,16 +314,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let replica = replica(dir.path());
         let clock = replica.write("k".into(), Some("v".into()), None).await.unwrap();
+        let written = replica.read("k".into()).await.unwrap();
         let peers = FakePeers::default();
-        assert_eq!(write_quorum_via(&replica, &peers, "k", &clock, 3).await.unwrap(), 3);
-        assert_eq!(write_quorum_via(&replica, &peers, "k", &clock, 1).await.unwrap(), 1, "w=1: nothing sent");
+        assert_eq!(write_quorum_via(&replica, &peers, "k", &written, &clock, 3).await.unwrap(), 3);
+        assert_eq!(write_quorum_via(&replica, &peers, "k", &written, &clock, 1).await.unwrap(), 1, "w=1: nothing sent");
         let pushed = peers.pushed.lock().unwrap().clone();
         assert_eq!(pushed.len(), 2, "w=3 pushed to both peers, w=1 to none");
         assert!(pushed.iter().all(|(_, versions)| versions == &vec![Version::value("v", vc(&[1, 0, 0]))]));
 
         let one_down = FakePeers { down: vec![3], ..FakePeers::default() };
-        assert_eq!(write_quorum_via(&replica, &one_down, "k", &clock, 2).await.unwrap(), 2);
-        match write_quorum_via(&replica, &one_down, "k", &clock, 3).await {
+        assert_eq!(write_quorum_via(&replica, &one_down, "k", &written, &clock, 2).await.unwrap(), 2);
+        match write_quorum_via(&replica, &one_down, "k", &written, &clock, 3).await {
             Err(Error::QuorumNotMet { clock: c, message }) => {
                 assert_eq!(c, clock);
                 assert!(message.contains("only 2 of 3"), "{message}");

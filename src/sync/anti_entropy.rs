@@ -30,10 +30,25 @@ use tracing::{debug, info};
 
 use crate::core::cluster::Member;
 use crate::error::{Error, Result};
+use crate::net::peer::PeerError;
 use crate::net::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::net::protocol::{ReplicateEntry, AE_MAX_RESPONSE_BYTES};
 use crate::node::replica::MergeSource;
 use crate::node::replica::{AntiEntropyConfig, Replica};
+
+/// Why a pull from a peer (an anti-entropy round, or recovery) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The peer did not answer, or refused.
+    #[error("{0}")]
+    Peer(#[from] PeerError),
+    /// This replica's store failed.
+    #[error("{0}")]
+    Local(#[from] Error),
+    /// The peer's answer made no sense.
+    #[error("{0}")]
+    Protocol(String),
+}
 
 /// What one round did.
 #[derive(Debug, Clone, Default)]
@@ -58,15 +73,14 @@ pub(crate) async fn pull_round(
     peer: &Member,
     max_keys: usize,
     cursor: &mut Option<String>,
-) -> Result<RoundReport, String> {
-    let mine = replica.range_digests(AE_RANGES).await.map_err(|e| e.to_string())?;
+) -> std::result::Result<RoundReport, PullError> {
+    let mine = replica.range_digests(AE_RANGES).await?;
     let theirs: DigestResponse = replica
         .peers()
         .call(peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }, None)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if theirs.digests.len() != AE_RANGES {
-        return Err(format!("peer sent {} digests for {AE_RANGES} ranges", theirs.digests.len()));
+        return Err(PullError::Protocol(format!("peer sent {} digests for {AE_RANGES} ranges", theirs.digests.len())));
     }
     let differing: Vec<usize> = (0..AE_RANGES).filter(|&i| hex::encode(mine[i]) != theirs.digests[i]).collect();
     let mut report = RoundReport { differing_ranges: differing.len(), ..RoundReport::default() };
@@ -76,16 +90,14 @@ pub(crate) async fn pull_round(
     }
     let request =
         EntriesRequest { from: replica.id(), of: AE_RANGES, ranges: differing, limit: max_keys, after: cursor.clone() };
-    let answer: EntriesResponse =
-        replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
+    let answer: EntriesResponse = replica.peers().call(peer, "/peer/entries", &request, None).await?;
     report.pulled = answer.entries.len();
     report.truncated = answer.truncated;
     *cursor = match (answer.truncated, answer.entries.last()) {
         (true, Some(last)) => Some(last.key.clone()),
         _ => None,
     };
-    report.repaired =
-        replica.merge_pulled(MergeSource::AntiEntropy(peer.id), answer.entries).await.map_err(|e| e.to_string())?;
+    report.repaired = replica.merge_pulled(MergeSource::AntiEntropy(peer.id), answer.entries).await?;
     Ok(report)
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::anti_entropy::PullError;
 use crate::core::cluster::Member;
 use crate::net::protocol::{EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::node::replica::MergeSource;
@@ -17,7 +18,7 @@ const RECOVERY_PAGE: usize = 10_000;
 const RECOVERY_RETRY: Duration = Duration::from_millis(500);
 
 /// Pulls every key `peer` holds (all ranges, page by page) and merges it. Returns the key count.
-async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
+async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, PullError> {
     let mut after = None;
     let mut pulled = 0;
     loop {
@@ -28,11 +29,10 @@ async fn full_pull(replica: &Replica, peer: &Member) -> Result<usize, String> {
             limit: RECOVERY_PAGE,
             after: after.clone(),
         };
-        let answer: EntriesResponse =
-            replica.peers().call(peer, "/peer/entries", &request, None).await.map_err(|e| e.to_string())?;
+        let answer: EntriesResponse = replica.peers().call(peer, "/peer/entries", &request, None).await?;
         pulled += answer.entries.len();
         let last = answer.entries.last().map(|e| e.key.clone());
-        replica.merge_pulled(MergeSource::Recovery(peer.id), answer.entries).await.map_err(|e| e.to_string())?;
+        replica.merge_pulled(MergeSource::Recovery(peer.id), answer.entries).await?;
         match (answer.truncated, last) {
             (true, Some(last)) => after = Some(last),
             _ => return Ok(pulled),

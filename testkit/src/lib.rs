@@ -69,6 +69,21 @@ pub struct LocalCluster {
     extra_args: Vec<String>,
 }
 
+/// Polls `client`'s replica until it answers `/health` with 200, for at most `timeout`; true
+/// once it did. For replicas this crate did not start (containers, say).
+pub async fn wait_healthy(client: &Client, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if client.healthy().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Finds `n` free loopback ports, returned in ascending order (so index i is replica id i + 1).
 pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let listeners: Vec<TcpListener> =
