@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tracing::{info, Instrument};
+use tracing::Instrument;
 
 use crate::core::clock::VectorClock;
 use crate::core::cluster::{Member, ReplicaId};
@@ -28,6 +28,7 @@ use crate::net::peer::{PeerError, PeerTransport};
 use crate::net::protocol::{
     PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse, WriteResponse,
 };
+use crate::node::decisions;
 use crate::node::replica::MergeSource;
 use crate::node::replica::{validate_key, Replica};
 
@@ -218,7 +219,7 @@ pub(crate) async fn read_quorum_via<P: PeerTransport>(
         }
     }
     if !repaired.is_empty() {
-        info!(decision = "read_repair", key = ?key, "read repair (r={r}): replicas {repaired:?} were behind");
+        decisions::read_repair(key, r, &repaired);
     }
     Ok(merged)
 }

@@ -4,12 +4,12 @@
 
 use std::fmt;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::core::clock::{VectorClock, MAX_COUNTER};
 use crate::core::cluster::ReplicaId;
 use crate::core::show::{show_value, Clocks};
-use crate::core::versions::{MergeOutcome, SiblingSet, Version, WriteRefusal};
+use crate::core::versions::{MergeOutcome, SiblingSet, Suspect, Version, WriteRefusal};
 use crate::error::Error;
 use crate::storage::store::MergeRecord;
 
@@ -29,6 +29,42 @@ pub(crate) fn preview(value: Option<&str>) -> String {
 /// Local clocks for a log line: `(none)`, `[1, 0, 0]` or `{[1, 0, 0] ∥ [0, 1, 0]}`.
 pub(crate) fn show_clocks(clocks: &[VectorClock]) -> String {
     Clocks(clocks).to_string()
+}
+
+/// A client write applied: `what` (the value or delete, with its context) got `clock`,
+/// superseding `replaced` versions.
+pub(crate) fn written(key: &str, what: &str, clock: &VectorClock, replaced: usize) {
+    let resolves = if replaced > 1 { format!(" (supersedes {replaced} siblings)") } else { String::new() };
+    info!(decision = "write", key = ?key, "{what} → clock {clock}{resolves}");
+}
+
+/// A peer's version refused because it reuses a clock counter (see `SiblingSet::check_incoming`);
+/// returns the reason, which the peer gets back.
+pub(crate) fn suspect(me: ReplicaId, from: ReplicaId, key: &str, v: &Version, suspect: Suspect) -> String {
+    let why = match suspect {
+        Suspect::NotIssued { counter, issued } => format!(
+            "it claims replica {me}'s clock position with counter {counter}, but replica {me} issued at most \
+             {issued} for this key"
+        ),
+        Suspect::ClockReused => "replica holds another version with the same clock: a counter was issued twice".into(),
+    };
+    let reason = format!(
+        "key {key:?}: version {} from replica {from} refused: {why} — two members share a clock position (member \
+         lists that differ, or a reused data dir); nothing of it is merged",
+        v.clock
+    );
+    error!(decision = "suspect_refused", key = ?key, "{reason}");
+    reason
+}
+
+/// A fetched entry this replica refuses (invalid): skipped, the others go on.
+pub(crate) fn skipped(key: &str, source: MergeSource, e: &Error) {
+    warn!(decision = "skipped", key = ?key, "from {source} skipped: {e}");
+}
+
+/// A quorum read found replicas behind and repaired them.
+pub(crate) fn read_repair(key: &str, r: usize, repaired: &[ReplicaId]) {
+    info!(decision = "read_repair", key = ?key, "read repair (r={r}): replicas {repaired:?} were behind");
 }
 
 /// The error for a refused client write, logged as the replica's decision. A context that does

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::core::clock::VectorClock;
 use crate::core::cluster::{Layout, ReplicaId};
-use crate::core::versions::{SiblingSet, Suspect, Version};
+use crate::core::versions::{SiblingSet, Version};
 use crate::error::{Error, Result};
 use crate::net::auth::{ClusterKey, PeerAuth};
 use crate::net::peer::PeerClient;
@@ -208,8 +208,7 @@ impl Replica {
                 let version = Version { clock: clock.clone(), value };
                 Ok((SiblingSet::single(version), (clock, current.len())))
             })?;
-            let resolves = if replaced > 1 { format!(" (supersedes {replaced} siblings)") } else { String::new() };
-            info!(decision = "write", key = ?key, "{what} → clock {clock}{resolves}");
+            decisions::written(&key, &what, &clock, replaced);
             for link in &links {
                 link.wake();
             }
@@ -265,24 +264,7 @@ impl Replica {
         let own = (!self.is_recovering()).then(|| self.layout.me().position());
         let me = self.id();
         let check = move |key: &str, set: &SiblingSet, v: &Version| {
-            set.check_incoming(v, own).map_err(|suspect| {
-                let why = match suspect {
-                    Suspect::NotIssued { counter, issued } => format!(
-                        "it claims replica {me}'s clock position with counter {counter}, but replica {me} issued at \
-                         most {issued} for this key"
-                    ),
-                    Suspect::ClockReused => {
-                        "replica holds another version with the same clock: a counter was issued twice".to_string()
-                    }
-                };
-                let reason = format!(
-                    "key {key:?}: version {} from replica {from} refused: {why} — two members share a clock \
-                     position (member lists that differ, or a reused data dir); nothing of it is merged",
-                    v.clock
-                );
-                error!(decision = "suspect_refused", key = ?key, "{reason}");
-                reason
-            })
+            set.check_incoming(v, own).map_err(|suspect| decisions::suspect(me, from, key, v, suspect))
         };
         let (records, skipped) = self.blocking(move |store| store.merge_remote(&incoming, check, skip_refused)).await?;
         let changed: HashSet<&str> = records.iter().filter(|r| r.outcome.changed()).map(|r| r.key.as_str()).collect();
@@ -302,7 +284,7 @@ impl Replica {
             let key = entry.key.clone();
             match self.validate_entries(vec![entry]) {
                 Ok(mut valid) => entries.append(&mut valid),
-                Err(e) => warn!(decision = "skipped", key = ?key, "from {source} skipped: {e}"),
+                Err(e) => decisions::skipped(&key, source, &e),
             }
         }
         let (records, changed, _) = self.merge_entries(source.peer().unwrap_or(self.id()), &entries, true).await?;
@@ -310,11 +292,6 @@ impl Replica {
             decisions::pulled(source, r);
         }
         Ok(changed)
-    }
-
-    /// This replica's anti-entropy digests.
-    pub async fn range_digests(&self, ranges: usize) -> Result<Vec<[u8; 32]>> {
-        self.blocking(move |store| store.range_digests(ranges)).await
     }
 
     /// Answers a quorum read from a peer: the whole set, tombstones included.

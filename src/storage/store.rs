@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use sha2::{Digest, Sha256};
 
 use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
@@ -310,37 +309,26 @@ impl Store {
         })
     }
 
-    /// Anti-entropy digests: the key space split into `ranges` hash ranges, each summarised by the
-    /// XOR of SHA-256(key, stored set) over its keys. Stored sets are canonical (sorted versions,
-    /// deterministic JSON), so two replicas holding the same versions get the same digests; XOR
-    /// makes a range's digest independent of scan order. One pass over the keys.
-    pub fn range_digests(&self, ranges: usize) -> Result<Vec<[u8; 32]>> {
+    /// Calls `visit` with every key and its stored set's bytes, in key order: one read
+    /// transaction over the whole store (what anti-entropy hashes). Stored sets are canonical
+    /// (sorted versions, deterministic JSON), so equal sets have equal bytes.
+    pub fn scan_raw(&self, mut visit: impl FnMut(&str, &[u8])) -> Result<()> {
         self.with_db(|db| {
             let txn = db.begin_read()?;
-            let keys = txn.open_table(KEYS)?;
-            let mut digests = vec![[0u8; 32]; ranges.max(1)];
-            for item in keys.iter()? {
+            for item in txn.open_table(KEYS)?.iter()? {
                 let (key, set) = item?;
-                let digest = &mut digests[range_of(key.value(), ranges)];
-                let mut h = Sha256::new();
-                h.update(key.value().as_bytes());
-                h.update([0u8]);
-                h.update(set.value());
-                for (d, x) in digest.iter_mut().zip(h.finalize()) {
-                    *d ^= x;
-                }
+                visit(key.value(), set.value());
             }
-            Ok(digests)
+            Ok(())
         })
     }
 
-    /// The keys (with their sets) that fall in the given hash `ranges` out of `of`, at most `limit`
-    /// of them; the flag says whether more were left out.
-    /// Keys come in key order, starting after `after` when given (to page through a large range).
-    pub fn range_entries(
+    /// The keys `wanted` selects (with their sets), in key order from just after `after`, at most
+    /// `limit` of them and about `max_bytes` of sets (at least one); the flag says whether more
+    /// were left out (to page through a large answer).
+    pub fn entries_where(
         &self,
-        of: usize,
-        ranges: &HashSet<usize>,
+        wanted: impl Fn(&str) -> bool,
         after: Option<&str>,
         limit: usize,
         max_bytes: usize,
@@ -356,7 +344,7 @@ impl Store {
             };
             for item in scan {
                 let (key, set) = item?;
-                if !ranges.contains(&range_of(key.value(), of)) {
+                if !wanted(key.value()) {
                     continue;
                 }
                 if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
@@ -385,13 +373,6 @@ impl Store {
             Ok(cleared)
         })
     }
-}
-
-/// The hash range (of `ranges`) a key falls in: from SHA-256 of the key alone, so a key stays
-/// in its range whatever its value.
-pub fn range_of(key: &str, ranges: usize) -> usize {
-    let h = Sha256::digest(key.as_bytes());
-    (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize) % ranges.max(1)
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::core::cluster::Member;
+use sha2::{Digest, Sha256};
+
 use crate::error::{Error, Result};
 use crate::net::peer::PeerError;
 use crate::net::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
@@ -74,7 +76,7 @@ pub(crate) async fn pull_round(
     max_keys: usize,
     cursor: &mut Option<String>,
 ) -> std::result::Result<RoundReport, PullError> {
-    let mine = replica.range_digests(AE_RANGES).await?;
+    let mine = range_digests(replica, AE_RANGES).await?;
     let theirs: DigestResponse = replica
         .peers()
         .call(peer, "/peer/digest", &DigestRequest { from: replica.id(), ranges: AE_RANGES }, None)
@@ -143,6 +145,35 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
 }
 
 /// Pause between attempts to reach peers that recovery still needs.
+/// The hash range (of `ranges`) a key falls in: from SHA-256 of the key alone, so a key stays
+/// in its range whatever its value.
+pub fn range_of(key: &str, ranges: usize) -> usize {
+    let h = Sha256::digest(key.as_bytes());
+    (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize) % ranges.max(1)
+}
+
+/// A replica's digests: the key space split into `ranges` hash ranges, each summarised by the
+/// XOR of SHA-256(key, stored set) over its keys. Stored sets are canonical, so two replicas
+/// holding the same versions get the same digests; XOR makes a range's digest independent of
+/// scan order. One pass over the keys, on the blocking pool.
+pub async fn range_digests(replica: &Replica, ranges: usize) -> Result<Vec<[u8; 32]>> {
+    replica
+        .blocking(move |store| {
+            let mut digests = vec![[0u8; 32]; ranges.max(1)];
+            store.scan_raw(|key, set| {
+                let mut h = Sha256::new();
+                h.update(key.as_bytes());
+                h.update([0u8]);
+                h.update(set);
+                for (d, x) in digests[range_of(key, ranges)].iter_mut().zip(h.finalize()) {
+                    *d ^= x;
+                }
+            })?;
+            Ok(digests)
+        })
+        .await
+}
+
 /// Most keys one anti-entropy answer carries, whatever the puller asks for.
 pub(crate) const MAX_AE_KEYS_PER_ANSWER: usize = 100_000;
 
@@ -150,7 +181,7 @@ pub(crate) const MAX_AE_KEYS_PER_ANSWER: usize = 100_000;
 pub(crate) async fn serve_digest(replica: &Replica, request: DigestRequest) -> Result<DigestResponse> {
     replica.check_peer(request.from, "digest request")?;
     requested_ranges(request.ranges, &[]).map_err(Error::InvalidInput)?;
-    let digests = replica.range_digests(request.ranges).await?;
+    let digests = range_digests(replica, request.ranges).await?;
     Ok(DigestResponse { digests: digests.iter().map(hex::encode).collect() })
 }
 
@@ -160,7 +191,10 @@ pub(crate) async fn serve_entries(replica: &Replica, request: EntriesRequest) ->
     let ranges = requested_ranges(request.of, &request.ranges).map_err(Error::InvalidInput)?;
     let (of, limit, after) = (request.of, request.limit.min(MAX_AE_KEYS_PER_ANSWER), request.after);
     let (entries, truncated) = replica
-        .blocking(move |store| store.range_entries(of, &ranges, after.as_deref(), limit, AE_MAX_RESPONSE_BYTES))
+        .blocking(move |store| {
+            let wanted = |key: &str| ranges.contains(&range_of(key, of));
+            store.entries_where(wanted, after.as_deref(), limit, AE_MAX_RESPONSE_BYTES)
+        })
         .await?;
     let entries =
         entries.into_iter().map(|(key, set)| ReplicateEntry { key, versions: set.versions().to_vec() }).collect();
@@ -176,4 +210,58 @@ pub fn requested_ranges(of: usize, ranges: &[usize]) -> Result<HashSet<usize>, S
         return Err(format!("range {bad} is outside 0..{of}"));
     }
     Ok(ranges.iter().copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::VectorClock;
+    use crate::core::cluster::Layout;
+    use crate::core::versions::Version;
+    use crate::node::replica::Config;
+
+    fn replica(dir: &std::path::Path, port: u16) -> Arc<Replica> {
+        let peers: Vec<u16> = [7000u16, 7001, 7002].into_iter().filter(|p| *p != port).collect();
+        let layout = Layout::from_flags("127.0.0.1", port, 3, &vec!["127.0.0.1".into(); 2], &peers).unwrap();
+        Replica::open(Config {
+            layout,
+            data_dir: dir.join("data"),
+            max_value_bytes: 1024,
+            cluster_key: None,
+            anti_entropy: None,
+            skip_recovery: true,
+            peer_source: None,
+        })
+        .unwrap()
+    }
+
+    fn entry(key: &str, value: &str, clock: &[u64]) -> ReplicateEntry {
+        ReplicateEntry { key: key.into(), versions: vec![Version::value(value, VectorClock::from(clock.to_vec()))] }
+    }
+
+    #[tokio::test]
+    async fn equal_contents_give_equal_digests_and_a_difference_shows_in_its_range_only() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (replica(d1.path(), 7000), replica(d2.path(), 7001));
+        let entries: Vec<ReplicateEntry> = (0..50).map(|i| entry(&format!("k{i}"), "v", &[0, 0, 1])).collect();
+        a.merge_pulled(MergeSource::AntiEntropy(3), entries.clone()).await.unwrap();
+        b.merge_pulled(MergeSource::AntiEntropy(3), entries.into_iter().rev().collect()).await.unwrap();
+        assert_eq!(range_digests(&a, 16).await.unwrap(), range_digests(&b, 16).await.unwrap(), "order does not matter");
+        b.merge_pulled(MergeSource::AntiEntropy(3), vec![entry("k7", "w", &[0, 0, 2])]).await.unwrap();
+        let (da, db) = (range_digests(&a, 16).await.unwrap(), range_digests(&b, 16).await.unwrap());
+        let differing: Vec<usize> = (0..16).filter(|&i| da[i] != db[i]).collect();
+        assert_eq!(differing, vec![range_of("k7", 16)]);
+        let request = EntriesRequest { from: 1, of: 16, ranges: differing, limit: 1000, after: None };
+        let answer = serve_entries(&b, request).await.unwrap();
+        assert!(!answer.truncated);
+        assert!(answer.entries.iter().any(|e| e.key == "k7"));
+        assert!(answer.entries.iter().all(|e| range_of(&e.key, 16) == range_of("k7", 16)));
+        let all = EntriesRequest { from: 2, of: 16, ranges: (0..16).collect(), limit: 10, after: None };
+        let first = serve_entries(&a, all.clone()).await.unwrap();
+        assert_eq!((first.entries.len(), first.truncated), (10, true));
+        let last = first.entries.last().unwrap().key.clone();
+        let rest = serve_entries(&a, EntriesRequest { after: Some(last.clone()), limit: 100, ..all }).await.unwrap();
+        assert_eq!((rest.entries.len(), rest.truncated), (40, false), "paging after the last key returns the rest");
+        assert!(rest.entries.iter().all(|e| e.key > last));
+    }
 }
