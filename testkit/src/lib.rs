@@ -362,7 +362,23 @@ impl LocalCluster {
 }
 
 impl Drop for LocalCluster {
+    /// Kills every replica; if the test is failing (a panic is unwinding), first prints the last
+    /// lines of each replica's log to stderr, so the failure comes with what the replicas saw.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, slot) in self.slots.iter().enumerate() {
+                let text = std::fs::read_to_string(&slot.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_ON_FAILURE)..];
+                eprintln!("---- replica {} log ({}), last {} lines ----", i + 1, slot.log.display(), tail.len());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
         self.kill_all();
     }
 }
+
+/// Lines of each replica's log printed when a test using a [`LocalCluster`] fails.
+pub const LOG_TAIL_ON_FAILURE: usize = 40;
