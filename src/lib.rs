@@ -23,7 +23,7 @@
 //!   net::peer   the peer protocol's HTTP client, typed errors   uses net::{protocol,auth}
 //!   net::client the public API's typed client (CLI, tools)      uses net::protocol
 //!   net::{protocol,auth}  JSON shapes and limits; peer identity, cluster id, signatures
-//!   storage/    redb: sibling sets + per-peer outboxes, fault recovery, repair
+//!   storage/    redb: sibling sets + per-peer outboxes, group commit, fault recovery, repair
 //!   error       the error type, named for the caller's next step
 //!   core/       clock, versions (sibling sets, write and merge rules), cluster membership: pure
 //! ```

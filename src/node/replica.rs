@@ -201,10 +201,13 @@ impl Replica {
             if let Some(ctx) = &context {
                 what = format!("{what} with context {ctx}");
             }
-            let (clock, replaced) = store.write_local(&key, |current| {
-                let clock = current
-                    .client_write(n, context.as_ref(), position)
-                    .map_err(|refusal| decisions::refused(n, &key, &what, current, context.as_ref(), refusal))?;
+            // Group commit: concurrent writes share one transaction and one fsync; this
+            // returns once the commit holding this write is on disk.
+            let (decided_key, decided_what) = (key.clone(), what.clone());
+            let (clock, replaced) = store.write_grouped(key.clone(), move |current| {
+                let clock = current.client_write(n, context.as_ref(), position).map_err(|refusal| {
+                    decisions::refused(n, &decided_key, &decided_what, current, context.as_ref(), refusal)
+                })?;
                 let version = Version { clock: clock.clone(), value };
                 Ok((SiblingSet::single(version), (clock, current.len())))
             })?;

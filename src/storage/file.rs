@@ -146,6 +146,9 @@ impl Store {
             path,
             peers: layout.peers().map(|m| m.id).collect(),
             commits: AtomicU64::new(0),
+            queue: Default::default(),
+            #[cfg(test)]
+            fail_commits: Default::default(),
             fault: Mutex::new(Fault::default()),
         })
     }

@@ -4,6 +4,7 @@
 //! Owns: the store file and everything written to it. Synchronous: callers run it on the
 //! blocking pool. May use: `core`, `error`.
 
+mod commit;
 mod file;
 pub mod store;
 

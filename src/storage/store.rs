@@ -83,18 +83,26 @@ pub struct Store {
     pub(super) fault: Mutex<Fault>,
     pub(super) peers: Vec<ReplicaId>,
     pub(super) commits: AtomicU64,
+    pub(super) queue: super::commit::CommitQueue,
+    /// Tests only: make every commit fail (as a full disk would).
+    #[cfg(test)]
+    pub(super) fail_commits: std::sync::atomic::AtomicBool,
 }
 
 pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<SiblingSet> {
     serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("stored entry for key {key:?} is corrupt: {e}")))
 }
 
-fn encode(set: &SiblingSet) -> Vec<u8> {
+pub(super) fn encode(set: &SiblingSet) -> Vec<u8> {
     serde_json::to_vec(set).expect("a sibling set always serialises")
 }
 
 impl Store {
     pub(super) fn commit(&self, txn: redb::WriteTransaction) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(Error::Storage("injected commit failure".into()));
+        }
         txn.commit()?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.clear_fault();

@@ -249,3 +249,74 @@ fn refuses_a_data_dir_of_another_layout_or_member() {
     let err = Store::open(dir.path(), &other).err().expect("must refuse");
     assert!(matches!(err, Error::Conflict(_)), "{err}");
 }
+
+/// A blind client write at position 0 through group commit: `value` at the clock after the set's.
+fn grouped_put(store: &Store, key: &str, value: &str) -> Result<VectorClock> {
+    let value = value.to_string();
+    store.write_grouped(key.to_string(), move |cur| {
+        let clock = cur.client_write(3, None, 0).unwrap();
+        Ok((SiblingSet::single(Version::value(value, clock.clone())), clock))
+    })
+}
+
+#[test]
+fn group_commit_answers_every_concurrent_writer_after_a_shared_commit() {
+    let (_dir, store) = store_with(&[]);
+    let store = std::sync::Arc::new(store);
+    let before = store.commits();
+    let (threads, each) = (32, 20);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..each)
+                    .map(|i| {
+                        grouped_put(&store, &format!("k{t}-{i}"), "v").unwrap();
+                        grouped_put(&store, "shared", &format!("{t}-{i}")).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut shared_clocks: Vec<u64> =
+        handles.into_iter().flat_map(|h| h.join().unwrap()).map(|c| c.counters()[0]).collect();
+    shared_clocks.sort();
+    let writes = threads * each;
+    // Every write to the shared key saw the one before it, batched or not: counters 1..=writes.
+    assert_eq!(shared_clocks, (1..=writes as u64).collect::<Vec<_>>());
+    assert_eq!(store.key_count().unwrap(), writes as u64 + 1, "every acknowledged key is there");
+    assert_eq!(store.outbox_depth(2).unwrap(), writes as u64 + 1, "every write is queued for the peers");
+    let commits = store.commits() - before;
+    eprintln!("group commit: {} writes in {commits} commits", 2 * writes);
+    assert!(commits < 2 * writes as u64, "{commits} commits for {} writes: nothing was grouped", 2 * writes);
+}
+
+#[test]
+fn a_refused_write_fails_alone_and_a_failed_commit_acknowledges_nobody() {
+    let (_dir, store) = store_with(&["kept"]);
+    let refused = store.write_grouped("k".to_string(), |_| -> Result<(SiblingSet, ())> {
+        Err(Error::InvalidInput("refused by its own rule".into()))
+    });
+    assert!(matches!(refused, Err(Error::InvalidInput(_))));
+    assert!(store.get("k").unwrap().is_empty(), "nothing of a refused write is stored");
+
+    let store = std::sync::Arc::new(store);
+    store.fail_commits.store(true, std::sync::atomic::Ordering::SeqCst);
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || grouped_put(&store, &format!("lost-{t}"), "v"))
+        })
+        .collect();
+    for h in handles {
+        assert!(matches!(h.join().unwrap(), Err(Error::Storage(_))), "a waiter was acknowledged");
+    }
+    store.fail_commits.store(false, std::sync::atomic::Ordering::SeqCst);
+    for t in 0..8 {
+        assert!(store.get(&format!("lost-{t}")).unwrap().is_empty());
+    }
+    assert_eq!(store.get("kept").unwrap().len(), 1);
+    grouped_put(&store, "after", "v").unwrap();
+}
