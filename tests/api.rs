@@ -26,6 +26,11 @@ fn fixture_with_limit(max_value_bytes: usize) -> Fixture {
 }
 
 fn fixture_with(max_value_bytes: usize, cluster_key: Option<ClusterKey>) -> Fixture {
+    fixture_opts(max_value_bytes, cluster_key, true)
+}
+
+/// Replica 1 of 3; `skip_recovery: false` leaves it recovering (its peers never answer).
+fn fixture_opts(max_value_bytes: usize, cluster_key: Option<ClusterKey>, skip_recovery: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     // Privileged ports nobody listens on; this replica is 127.0.0.1:1 = replica 1.
     let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
@@ -35,7 +40,7 @@ fn fixture_with(max_value_bytes: usize, cluster_key: Option<ClusterKey>) -> Fixt
         max_value_bytes,
         cluster_key,
         anti_entropy: None,
-        skip_recovery: true,
+        skip_recovery,
         peer_source: None,
     })
     .unwrap();
@@ -317,18 +322,7 @@ async fn an_insecure_replica_accepts_unsigned_peers() {
 /// with the reason, reads are served, /health says recovering.
 #[tokio::test]
 async fn a_recovering_replica_refuses_writes_but_serves_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
-    let config = Config {
-        layout,
-        data_dir: dir.path().join("data"),
-        max_value_bytes: 1024,
-        cluster_key: None,
-        anti_entropy: None,
-        skip_recovery: false,
-        peer_source: None,
-    };
-    let f = Fixture { replica: Replica::open(config).unwrap(), _dir: dir };
+    let f = fixture_opts(1024, None, false);
     f.expect_error("PUT", "/kv/k", Some(r#"{"value": "v"}"#), StatusCode::SERVICE_UNAVAILABLE, "still pulling").await;
     f.expect_error("DELETE", "/kv/k", None, StatusCode::SERVICE_UNAVAILABLE, "clock counter").await;
     f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
@@ -347,18 +341,7 @@ async fn a_recovering_replica_refuses_writes_but_serves_reads() {
 /// rather than a clock every peer would refuse.
 #[tokio::test]
 async fn a_write_cannot_mint_a_counter_past_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
-    let config = Config {
-        layout,
-        data_dir: dir.path().join("data"),
-        max_value_bytes: 1024,
-        cluster_key: Some(ClusterKey::new(KEY).unwrap()),
-        anti_entropy: None,
-        skip_recovery: false,
-        peer_source: None,
-    };
-    let f = Fixture { replica: Replica::open(config).unwrap(), _dir: dir };
+    let f = fixture_opts(1024, Some(ClusterKey::new(KEY).unwrap()), false);
     let body = batch(2, json!([{"key": "p", "versions": [{"value": "x", "clock": [9007199254740992u64, 1, 0]}]}]));
     let (status, resp) = f.call("POST", "/replicate", Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "{resp}");

@@ -138,7 +138,8 @@ impl PeerTransport for PeerClient {
         body: &Req,
         timeout: Option<Duration>,
     ) -> Result<Resp, PeerError> {
-        PeerClient::call(self, peer, path, body, timeout).await
+        let response = self.post(peer, path, body, timeout).await?;
+        response.json().await.map_err(|e| PeerError::BadAnswer { path: path.to_string(), reason: e.to_string() })
     }
 
     async fn notify<Req: Serialize + Sync>(
@@ -148,7 +149,7 @@ impl PeerTransport for PeerClient {
         body: &Req,
         timeout: Option<Duration>,
     ) -> Result<(), PeerError> {
-        PeerClient::notify(self, peer, path, body, timeout).await
+        self.post(peer, path, body, timeout).await.map(drop)
     }
 }
 
@@ -210,29 +211,6 @@ impl PeerClient {
         }
         let text = response.text().await.unwrap_or_default();
         Err(PeerError::from_status(path, status, &text))
-    }
-
-    /// A signed `POST path` to `peer`, answered with JSON. `timeout` overrides [`PEER_TIMEOUT`].
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        peer: &Member,
-        path: &str,
-        body: &Req,
-        timeout: Option<Duration>,
-    ) -> Result<Resp, PeerError> {
-        let response = self.post(peer, path, body, timeout).await?;
-        response.json().await.map_err(|e| PeerError::BadAnswer { path: path.to_string(), reason: e.to_string() })
-    }
-
-    /// A signed `POST path` to `peer` whose answer carries nothing (e.g. `204`).
-    pub async fn notify<Req: Serialize>(
-        &self,
-        peer: &Member,
-        path: &str,
-        body: &Req,
-        timeout: Option<Duration>,
-    ) -> Result<(), PeerError> {
-        self.post(peer, path, body, timeout).await.map(drop)
     }
 
     /// Probes `peer`'s `/health`: `None` if it did not answer within [`PROBE_TIMEOUT`], else the

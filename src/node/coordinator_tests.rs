@@ -9,9 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::*;
-use crate::core::cluster::Layout;
 use crate::core::versions::Version;
-use crate::node::replica::Config;
 
 /// What the fake peers were pushed: (peer, versions).
 type Pushed = Arc<Mutex<Vec<(ReplicaId, Vec<Version>)>>>;
@@ -63,18 +61,9 @@ impl PeerTransport for FakePeers {
     }
 }
 
+/// Replica 1 of three; its peers are the fakes.
 fn replica(dir: &std::path::Path) -> Arc<Replica> {
-    let layout = Layout::from_flags("127.0.0.1", 1, 3, &["127.0.0.1".into(), "127.0.0.1".into()], &[2, 3]).unwrap();
-    Replica::open(Config {
-        layout,
-        data_dir: dir.join("data"),
-        max_value_bytes: 1024,
-        cluster_key: None,
-        anti_entropy: None,
-        skip_recovery: true,
-        peer_source: None,
-    })
-    .unwrap()
+    crate::node::replica::test_replica(dir, 7000)
 }
 
 fn vc(c: &[u64]) -> VectorClock {

@@ -322,3 +322,21 @@ impl Replica {
         Ok(())
     }
 }
+
+/// For unit tests: an insecure replica of a 3-member cluster on 127.0.0.1:7000–7002 (none of
+/// them listening), the one at `port`, with its store under `dir`, accepting writes at once.
+#[cfg(test)]
+pub(crate) fn test_replica(dir: &std::path::Path, port: u16) -> Arc<Replica> {
+    let peers: Vec<u16> = [7000u16, 7001, 7002].into_iter().filter(|p| *p != port).collect();
+    let layout = Layout::from_flags("127.0.0.1", port, 3, &vec!["127.0.0.1".into(); 2], &peers).unwrap();
+    Replica::open(Config {
+        layout,
+        data_dir: dir.join("data"),
+        max_value_bytes: 1024,
+        cluster_key: None,
+        anti_entropy: None,
+        skip_recovery: true,
+        peer_source: None,
+    })
+    .unwrap()
+}

@@ -32,7 +32,7 @@ use crate::core::cluster::Member;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::net::peer::PeerError;
+use crate::net::peer::{PeerError, PeerTransport};
 use crate::net::protocol::{DigestRequest, DigestResponse, EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::net::protocol::{ReplicateEntry, AE_MAX_RESPONSE_BYTES};
 use crate::node::replica::MergeSource;
@@ -216,24 +216,8 @@ pub fn requested_ranges(of: usize, ranges: &[usize]) -> Result<HashSet<usize>, S
 mod tests {
     use super::*;
     use crate::core::clock::VectorClock;
-    use crate::core::cluster::Layout;
     use crate::core::versions::Version;
-    use crate::node::replica::Config;
-
-    fn replica(dir: &std::path::Path, port: u16) -> Arc<Replica> {
-        let peers: Vec<u16> = [7000u16, 7001, 7002].into_iter().filter(|p| *p != port).collect();
-        let layout = Layout::from_flags("127.0.0.1", port, 3, &vec!["127.0.0.1".into(); 2], &peers).unwrap();
-        Replica::open(Config {
-            layout,
-            data_dir: dir.join("data"),
-            max_value_bytes: 1024,
-            cluster_key: None,
-            anti_entropy: None,
-            skip_recovery: true,
-            peer_source: None,
-        })
-        .unwrap()
-    }
+    use crate::node::replica::test_replica as replica;
 
     fn entry(key: &str, value: &str, clock: &[u64]) -> ReplicateEntry {
         ReplicateEntry { key: key.into(), versions: vec![Version::value(value, VectorClock::from(clock.to_vec()))] }

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::anti_entropy::PullError;
 use crate::core::cluster::Member;
+use crate::net::peer::PeerTransport;
 use crate::net::protocol::{EntriesRequest, EntriesResponse, AE_RANGES};
 use crate::node::replica::MergeSource;
 use crate::node::replica::Replica;
