@@ -143,7 +143,13 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // Log lines go to a writer thread through a bounded queue, so a request never waits for a
+    // write(2) to stdout. Not lossy: when the queue is full, callers wait rather than drop a
+    // decision line. The guard flushes the queue when main returns.
+    let (writer, _flush_on_exit) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stdout());
     tracing_subscriber::fmt()
+        .with_writer(writer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

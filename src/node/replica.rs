@@ -33,7 +33,7 @@ pub use crate::node::decisions::MergeSource;
 pub use crate::node::link::PeerLink;
 pub use crate::node::validate::validate_key;
 use crate::storage::on_store;
-use crate::storage::store::{MergeRecord, Refused, Store};
+use crate::storage::store::{Lead, MergeRecord, Refused, Store};
 
 /// Settings of the anti-entropy task.
 #[derive(Debug, Clone)]
@@ -175,9 +175,10 @@ impl Replica {
     /// A client write (`value = Some`) or delete (`None`) coordinated here. Returns the new clock
     /// once the new version and the peers' outbox marks are committed to disk.
     ///
-    /// The commit, the log line and the senders' wake-up happen together on a blocking task,
-    /// which runs to the end even if the client gives up and this future is dropped: a
-    /// committed write is always announced to the senders.
+    /// Group commit: concurrent writes share one transaction and one fsync. The log line and the
+    /// senders' wake-up run on the committing thread right after the commit, so they happen
+    /// even if the client gives up and this future is dropped: a committed write is always
+    /// announced to the senders.
     pub async fn write(&self, key: String, value: Option<String>, context: Option<VectorClock>) -> Result<VectorClock> {
         if self.is_recovering() {
             return Err(Error::Unavailable(format!(
@@ -193,37 +194,46 @@ impl Replica {
         self.check_context(context.as_ref())?;
         let (n, position) = (self.layout.n(), self.layout.me().position());
         let links = self.links.clone();
-        self.blocking(move |store| {
-            let mut what = match &value {
-                Some(_) => format!("client write {}", decisions::preview(value.as_deref())),
-                None => "client delete".to_string(),
-            };
-            if let Some(ctx) = &context {
-                what = format!("{what} with context {ctx}");
-            }
-            // Group commit: concurrent writes share one transaction and one fsync; this
-            // returns once the commit holding this write is on disk.
-            let (decided_key, decided_what) = (key.clone(), what.clone());
-            let (clock, replaced) = store.write_grouped(key.clone(), move |current| {
-                let clock = current.client_write(n, context.as_ref(), position).map_err(|refusal| {
-                    decisions::refused(n, &decided_key, &decided_what, current, context.as_ref(), refusal)
-                })?;
-                let version = Version { clock: clock.clone(), value };
-                Ok((SiblingSet::single(version), (clock, current.len())))
+        let mut what = match &value {
+            Some(_) => format!("client write {}", decisions::preview(value.as_deref())),
+            None => "client delete".to_string(),
+        };
+        if let Some(ctx) = &context {
+            what = format!("{what} with context {ctx}");
+        }
+        let (job_key, decided_key, decided_what) = (key.clone(), key.clone(), what.clone());
+        let decide = move |current: &SiblingSet| {
+            let clock = current.client_write(n, context.as_ref(), position).map_err(|refusal| {
+                decisions::refused(n, &decided_key, &decided_what, current, context.as_ref(), refusal)
             })?;
-            decisions::written(&key, &what, &clock, replaced);
-            for link in &links {
-                link.wake();
+            let version = Version { clock: clock.clone(), value };
+            Ok((SiblingSet::single(version), (clock, current.len())))
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let done = move |outcome: Result<(VectorClock, usize)>| {
+            if let Ok((clock, replaced)) = &outcome {
+                decisions::written(&key, &what, clock, *replaced);
+                for link in &links {
+                    link.wake();
+                }
             }
-            Ok(clock)
-        })
-        .await
+            let _ = answer.send(outcome.map(|(clock, _)| clock));
+        };
+        let store = self.store.clone();
+        if store.submit(job_key, decide, done) == Lead::Yours {
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || span.in_scope(|| store.lead()));
+        }
+        answered.await.map_err(|_| Error::Storage("the group commit ended without an answer".into()))?
     }
 
     /// The key's sibling set as stored here (empty if never written).
     pub async fn read(&self, key: String) -> Result<SiblingSet> {
         validate_key(&key)?;
-        self.blocking(move |store| store.get(&key)).await
+        match self.store.get_now(&key) {
+            Some(result) => result,
+            None => self.blocking(move |store| store.get(&key)).await,
+        }
     }
 
     /// Validates a whole peer batch, then merges it in one transaction and logs every decision.

@@ -1,22 +1,25 @@
 //! Group commit: concurrent client writes share one transaction and one fsync.
 //!
 //! ```text
-//!   writer threads ──push job──► queue ──► the leader takes every queued job
-//!                                            one write transaction: each job's decide() sees the
-//!                                            writes before it; its set + outbox marks inserted
-//!                                            one commit (one fsync)
-//!                                          ◄── every waiter answered after that commit
+//!   writers ──submit job──► queue ──► the leader takes every queued job
+//!                                       one write transaction: each job's decide() sees the
+//!                                       writes before it; its set + outbox marks inserted
+//!                                       one commit (one fsync)
+//!                                     ◄── every job's `done` called after that commit
 //! ```
 //!
-//! The first writer to find no leader becomes it: it commits one batch (its own job and every
-//! job queued meanwhile), answers every waiter, and hands the lead to the oldest job still queued,
-//! if any — so no thread serves others forever. The contract is exact: a waiter hears `Ok` only
-//! after the commit that holds its write; a job its own rule refuses (a 409, say) fails alone,
-//! nothing of it written; if the commit fails, every waiter of the batch gets the error and none
-//! is acknowledged.
+//! The first writer to find no leader becomes it: an async writer hands the lead to one task on
+//! the blocking pool, a blocking caller leads on its own thread. The leader commits batch after
+//! batch until the queue is empty, then steps down. Writers wait without holding a thread: an
+//! async writer awaits a oneshot answered by its `done`. So a burst of writes costs one hand-off
+//! to the blocking pool and one fsync per batch, not a thread and a wake-up per write.
+//!
+//! The contract is exact: a job's `done` hears `Ok` only after the commit that holds its write; a
+//! job its own rule refuses (a 409, say) fails alone, nothing of it written; if the commit fails,
+//! every job of the batch gets the error and none is acknowledged.
 
 use std::any::Any;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Mutex;
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -26,30 +29,12 @@ use crate::error::{Error, Result};
 
 type Answer = Box<dyn Any + Send>;
 type Decide = Box<dyn FnOnce(&SiblingSet) -> Result<(SiblingSet, Answer)> + Send>;
-
-/// Where a waiter's answer arrives, or its call to lead.
-enum SlotState {
-    Waiting,
-    Lead,
-    Done(Result<Answer>),
-}
-
-struct Slot {
-    state: Mutex<SlotState>,
-    ready: Condvar,
-}
-
-impl Slot {
-    fn set(&self, state: SlotState) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
-        self.ready.notify_one();
-    }
-}
+type Done = Box<dyn FnOnce(Result<Answer>) + Send>;
 
 struct Job {
     key: String,
     decide: Option<Decide>,
-    slot: Arc<Slot>,
+    done: Done,
 }
 
 /// The jobs waiting for the next commit, and whether some thread is leading.
@@ -64,68 +49,82 @@ struct QueueState {
     leading: bool,
 }
 
+/// Whether the writer that submitted a job must now lead (call [`Store::lead`]).
+#[must_use = "a writer told to lead must call Store::lead, or its job is never committed"]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// A leader is at work and will commit the job.
+    Queued,
+    /// Nobody leads: the submitter must call [`Store::lead`] (on a thread that may block).
+    Yours,
+}
+
 impl Store {
-    /// A client write through group commit: `decide` gets the key's current set (with every
-    /// write committed or batched before it) and returns the new one, or an error and nothing
-    /// is written. Returns once the commit holding the write is on disk. Blocks the calling
-    /// thread (call it from the blocking pool).
+    /// Queues a client write for the next group commit. `decide` gets the key's current set (with
+    /// every write committed or batched before it) and returns the new one, or an error and
+    /// nothing is written. `done` gets the outcome after the commit that holds the write (or the
+    /// refusal, or the commit's error), on the leader's thread: so what must follow a commit (a
+    /// log line, waking the senders) happens even if the writer stopped waiting.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        key: String,
+        decide: impl FnOnce(&SiblingSet) -> Result<(SiblingSet, T)> + Send + 'static,
+        done: impl FnOnce(Result<T>) + Send + 'static,
+    ) -> Lead {
+        let decide: Decide = Box::new(move |current| decide(current).map(|(next, t)| (next, Box::new(t) as Answer)));
+        let done: Done = Box::new(move |answer: Result<Answer>| {
+            done(answer.map(|a| *a.downcast::<T>().expect("a job's answer has the job's type")))
+        });
+        let mut queue = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        queue.jobs.push(Job { key, decide: Some(decide), done });
+        if std::mem::replace(&mut queue.leading, true) {
+            Lead::Queued
+        } else {
+            Lead::Yours
+        }
+    }
+
+    /// Commits batch after batch, each holding every job queued at its start, until the queue is
+    /// empty. Blocks (disk): call it on the blocking pool, once per [`Lead::Yours`].
+    pub fn lead(&self) {
+        loop {
+            let mut batch = {
+                let mut queue = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.jobs.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                std::mem::take(&mut queue.jobs)
+            };
+            let answers = match self.commit_batch(&mut batch) {
+                Ok(answers) => answers,
+                Err(e) => {
+                    // The commit failed: nobody in the batch is acknowledged.
+                    let message = e.to_string();
+                    batch.iter().map(|_| Err(Error::Storage(message.clone()))).collect()
+                }
+            };
+            for (job, answer) in batch.into_iter().zip(answers) {
+                (job.done)(answer);
+            }
+        }
+    }
+
+    /// A client write through group commit, for a caller that may block: returns once the
+    /// commit holding the write is on disk (leading the commits itself if nobody else is).
     pub fn write_grouped<T: Send + 'static>(
         &self,
         key: String,
         decide: impl FnOnce(&SiblingSet) -> Result<(SiblingSet, T)> + Send + 'static,
     ) -> Result<T> {
-        let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting), ready: Condvar::new() });
-        let decide: Decide = Box::new(move |current| decide(current).map(|(next, t)| (next, Box::new(t) as Answer)));
-        let lead = {
-            let mut queue = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
-            queue.jobs.push(Job { key, decide: Some(decide), slot: slot.clone() });
-            !std::mem::replace(&mut queue.leading, true)
-        };
-        if lead {
-            self.lead_one_batch();
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.submit(key, decide, move |answer| {
+            let _ = tx.send(answer);
+        }) == Lead::Yours
+        {
+            self.lead();
         }
-        loop {
-            let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
-            while matches!(*state, SlotState::Waiting) {
-                state = slot.ready.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            match std::mem::replace(&mut *state, SlotState::Waiting) {
-                SlotState::Done(answer) => {
-                    let answer = answer?;
-                    return Ok(*answer.downcast::<T>().expect("a job's answer has the job's type"));
-                }
-                SlotState::Lead => {
-                    drop(state);
-                    self.lead_one_batch();
-                }
-                SlotState::Waiting => unreachable!("the loop above waits until it changes"),
-            }
-        }
-    }
-
-    /// Commits every queued job in one transaction, answers each, and hands the lead on.
-    fn lead_one_batch(&self) {
-        let mut batch = std::mem::take(&mut self.queue.state.lock().unwrap_or_else(|e| e.into_inner()).jobs);
-        let outcome = self.commit_batch(&mut batch);
-        match outcome {
-            Ok(answers) => {
-                for (job, answer) in batch.iter().zip(answers) {
-                    job.slot.set(SlotState::Done(answer));
-                }
-            }
-            Err(e) => {
-                // The commit failed: nobody in the batch is acknowledged.
-                let message = e.to_string();
-                for job in &batch {
-                    job.slot.set(SlotState::Done(Err(Error::Storage(message.clone()))));
-                }
-            }
-        }
-        let mut queue = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
-        match queue.jobs.first() {
-            Some(next) => next.slot.set(SlotState::Lead),
-            None => queue.leading = false,
-        }
+        rx.recv().map_err(|_| Error::Storage("the group commit ended without an answer".into()))?
     }
 
     /// One transaction for the whole batch: each job decides on the set as the jobs before it

@@ -284,7 +284,25 @@ impl Store {
     pub(super) fn with_db<T>(&self, op: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
         self.reopen_if_due();
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let Some(db) = guard.as_ref() else {
+        self.run_guarded(guard.as_ref(), op)
+    }
+
+    /// [`Store::with_db`] for callers that must not wait (an async worker thread): `None`,
+    /// without running `op`, when the store has a fault to recover from or is being reopened.
+    pub(super) fn try_with_db<T>(&self, op: impl FnOnce(&Database) -> Result<T>) -> Option<Result<T>> {
+        if self.fault.lock().unwrap_or_else(|e| e.into_inner()).needs_reopen {
+            return None;
+        }
+        let guard = match self.db.try_read() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.run_guarded(guard.as_ref(), op))
+    }
+
+    fn run_guarded<T>(&self, db: Option<&Database>, op: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let Some(db) = db else {
             let reason = self.fault().unwrap_or_else(|| "closed".into());
             return Err(Error::Storage(format!("the store is unavailable ({reason}); it is reopened automatically")));
         };

@@ -32,6 +32,7 @@ use std::sync::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::file::Fault;
+pub use super::commit::Lead;
 pub use super::file::{Repair, DAMAGE_HINT};
 use crate::core::clock::VectorClock;
 use crate::core::cluster::ReplicaId;
@@ -109,6 +110,22 @@ impl Store {
         Ok(())
     }
 
+    /// Commits `txn` without waiting for the disk (redb's `Durability::None`): it becomes durable
+    /// with the next durable commit, and a crash before that undoes it. Only for changes a crash
+    /// may undo safely (clearing delivered outbox marks: a mark that comes back re-ships a set
+    /// the peer already holds, and its merge is a no-op). Does not clear a fault: only a commit
+    /// that reached the disk proves the disk works.
+    pub(super) fn commit_lazily(&self, mut txn: redb::WriteTransaction) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(Error::Storage("injected commit failure".into()));
+        }
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Write transactions committed (each one fsync) since the store was opened.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -136,14 +153,15 @@ impl Store {
 
     /// The key's sibling set (empty if never written).
     pub fn get(&self, key: &str) -> Result<SiblingSet> {
-        self.with_db(|db| {
-            let txn = db.begin_read()?;
-            let keys = txn.open_table(KEYS)?;
-            match keys.get(key)? {
-                Some(bytes) => decode(key, bytes.value()),
-                None => Ok(SiblingSet::new()),
-            }
-        })
+        self.with_db(|db| read_set(db, key))
+    }
+
+    /// [`Store::get`] on the calling thread, for an async worker: a redb read transaction never
+    /// waits for writers and a read is a few page lookups, so a read costs less than the hand-off
+    /// to the blocking pool. `None` when the store is recovering from a fault or being reopened
+    /// (that can take long): then use [`Store::get`] on the blocking pool.
+    pub fn get_now(&self, key: &str) -> Option<Result<SiblingSet>> {
+        self.try_with_db(|db| read_set(db, key))
     }
 
     /// Applies a client write: `decide` gets the key's current set and returns the new one (or an
@@ -295,7 +313,9 @@ impl Store {
                     }
                 }
             }
-            self.commit(txn)?;
+            // No fsync: the next client commit carries this to the disk; a crash before it
+            // brings the marks back and the sets ship again (idempotent at the peer).
+            self.commit_lazily(txn)?;
             Ok(cleared)
         })
     }
@@ -386,3 +406,12 @@ impl Store {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+fn read_set(db: &Database, key: &str) -> Result<SiblingSet> {
+    let txn = db.begin_read()?;
+    let keys = txn.open_table(KEYS)?;
+    match keys.get(key)? {
+        Some(bytes) => decode(key, bytes.value()),
+        None => Ok(SiblingSet::new()),
+    }
+}

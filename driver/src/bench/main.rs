@@ -1,0 +1,362 @@
+//! `vkv-bench`: vkv against the HTTP ceiling and etcd on this box, side by side, one command.
+//!
+//! Size: the orchestration (start, interleaved runs, printing); the load generator, the targets
+//! and the vkv-only measurements live in `load`, `targets` and `phases`.
+//!
+//! ```text
+//! cargo run --release -p vkv-driver --bin vkv-bench [-- --quick] [--growth] [--json FILE]
+//! ```
+//!
+//! Starts on loopback the plain-axum ceiling (`vkv-ceiling`), a 5-replica vkv cluster and, when
+//! `etcd` is installed, a 5-member etcd cluster; preloads each with the same keys; then runs
+//! PUT and GET rounds, interleaved (ceiling, vkv, etcd; again), all with the same closed-loop
+//! load generator and settings; then measures vkv's replication lag, catch-up and (`--growth`)
+//! latency and disk use as the key count grows. Exit codes: 0 done, 1 a target failed or a
+//! measurement could not be taken, 2 bad flags.
+
+mod load;
+mod phases;
+mod targets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use vkv_testkit::LocalCluster;
+
+use load::{Outcome, Settings};
+use targets::Kind;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks vkv against the plain-axum ceiling and etcd on this machine")]
+struct Args {
+    /// A short run (under 2 minutes): one round of 3 s per target and operation, smaller catch-up.
+    #[arg(long)]
+    quick: bool,
+    /// Also measure latency and disk use at 10k, 100k and 1M keys (takes several minutes).
+    #[arg(long)]
+    growth: bool,
+    /// Writes the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    connections: u64,
+    /// Seconds measured per run (default 10; 3 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: Option<u64>,
+    /// Rounds of interleaved runs (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=20))]
+    rounds: Option<u64>,
+    /// Keys preloaded and used by the PUT/GET runs.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    value_bytes: u64,
+    /// Keys a stopped replica misses before the catch-up measurement (default 100,000; 20,000 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    catchup_keys: Option<u64>,
+    /// Skip etcd even if it is installed.
+    #[arg(long)]
+    no_etcd: bool,
+    /// Keep logs and data here (default: a temporary directory, removed at the end).
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Put,
+    Get,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+        }
+    }
+}
+
+/// One target's merged outcome per operation.
+struct Row {
+    kind: Kind,
+    put: Option<Outcome>,
+    get: Option<Outcome>,
+}
+
+fn figures(o: &Outcome) -> Value {
+    json!({"rps": round(o.rps()), "p50_ms": round(o.ms(0.5)), "p99_ms": round(o.ms(0.99)),
+           "p999_ms": round(o.ms(0.999)), "requests": o.ok.len(), "errors": o.errors})
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// One measured run of `op` against `kind` at `addr`, keys spread over `keys`.
+async fn run(kind: Kind, op: Op, addr: SocketAddr, settings: Settings, keys: u64, bytes: usize) -> Outcome {
+    let make: load::MakeRequest = match op {
+        Op::Put => Arc::new(move |i| kind.put(addr, &phases::key("k", i % keys), &phases::value(i, bytes))),
+        // A multiplicative hash spreads consecutive reads over the key space.
+        Op::Get => Arc::new(move |i| kind.get(addr, &phases::key("k", i.wrapping_mul(2_654_435_761) % keys))),
+    };
+    load::run(addr, settings, make).await
+}
+
+fn check(what: &str, o: &Outcome) -> Result<(), String> {
+    let total = o.ok.len() + o.errors;
+    if o.errors * 100 > total {
+        return Err(format!("{what}: {} of {total} requests failed; first: {:?}", o.errors, o.first_error));
+    }
+    Ok(())
+}
+
+async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
+    let seconds = args.seconds.unwrap_or(if args.quick { 3 } else { 10 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    let catchup_keys = args.catchup_keys.unwrap_or(if args.quick { 20_000 } else { 100_000 });
+    let (bytes, keys, connections) = (args.value_bytes as usize, args.keys, args.connections as usize);
+    let settings = Settings {
+        connections,
+        warmup: Duration::from_secs(if args.quick { 1 } else { 2 }),
+        duration: Duration::from_secs(seconds),
+        max_requests: None,
+        rate: None,
+    };
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+
+    // Targets.
+    let ceiling_port = vkv_testkit::free_ports(1).map_err(|e| e.to_string())?[0];
+    let (_ceiling, ceiling) = targets::start_ceiling(ceiling_port, &logs).await?;
+    let server = vkv_testkit::server_binary()?;
+    let ports = vkv_testkit::free_ports(5).map_err(|e| e.to_string())?;
+    let mut cluster = LocalCluster::with_log_dir(server, ports, &root.join("vkv"), &logs);
+    cluster.start_all().map_err(|e| format!("cannot start vkv: {e}"))?;
+    cluster.wait_all_healthy(Duration::from_secs(30)).await?;
+    let vkv: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
+    let etcd_binary = if args.no_etcd { None } else { targets::etcd_binary() };
+    let (_etcd, etcd) = match &etcd_binary {
+        Some(binary) => {
+            let (processes, addrs) = targets::start_etcd(binary, 5, &root.join("etcd"), &logs).await?;
+            (Some(processes), Some(addrs[0]))
+        }
+        None => {
+            if !args.no_etcd {
+                eprintln!("etcd is not installed (apt-get install etcd-server): its rows are skipped");
+            }
+            (None, None)
+        }
+    };
+    let mut rows: Vec<(Row, SocketAddr)> = vec![(Row { kind: Kind::Ceiling, put: None, get: None }, ceiling)];
+    rows.push((Row { kind: Kind::Vkv, put: None, get: None }, vkv));
+    if let Some(addr) = etcd {
+        rows.push((Row { kind: Kind::Etcd, put: None, get: None }, addr));
+    }
+
+    // Same keys everywhere before any measured run.
+    for (row, addr) in &rows {
+        let started = Instant::now();
+        let filled = phases::fill(row.kind, *addr, "k", keys, bytes, connections).await;
+        check(&format!("preloading {}", row.kind.name()), &filled)?;
+        eprintln!("preloaded {keys} keys into {} in {:.1}s", row.kind.name(), started.elapsed().as_secs_f64());
+    }
+    phases::drain(&cluster, &[1, 2, 3, 4, 5], Duration::from_secs(300)).await?;
+
+    // Interleaved rounds.
+    let mut drains = Vec::new();
+    for r in 1..=rounds {
+        for op in [Op::Put, Op::Get] {
+            for (row, addr) in rows.iter_mut() {
+                let outcome = run(row.kind, op, *addr, settings, keys, bytes).await;
+                check(&format!("{} {}", row.kind.name(), op.name()), &outcome)?;
+                eprintln!(
+                    "round {r}/{rounds} {:>7} {}: {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                    row.kind.name(),
+                    op.name(),
+                    outcome.rps(),
+                    outcome.ms(0.5),
+                    outcome.ms(0.99)
+                );
+                if row.kind == Kind::Vkv && op == Op::Put {
+                    // Replication runs behind the writes; it must not spill into the next run.
+                    let drained = phases::drain(&cluster, &[1, 2, 3, 4, 5], Duration::from_secs(300)).await?;
+                    eprintln!("         vkv replication drained {:.2}s after the run", drained.as_secs_f64());
+                    drains.push(drained.as_secs_f64());
+                }
+                let slot = if op == Op::Put { &mut row.put } else { &mut row.get };
+                match slot {
+                    Some(merged) => merged.merge(outcome),
+                    None => *slot = Some(outcome),
+                }
+            }
+        }
+    }
+
+    // Replication lag at a steady 1,000 writes/s.
+    let lag_seconds = if args.quick { 3 } else { 10 };
+    let (lag, lag_failed) = phases::replication_lag(&cluster, 1000.0, Duration::from_secs(lag_seconds), 5, bytes).await?;
+    let lag_ms = |q: f64| round(lag.value_at_quantile(q) as f64 / 1000.0);
+    eprintln!(
+        "replication lag at 1000 writes/s ({} samples): p50 {} ms, p99 {} ms, max {} ms",
+        lag.len(),
+        lag_ms(0.5),
+        lag_ms(0.99),
+        lag_ms(1.0)
+    );
+    phases::drain(&cluster, &[1, 2, 3, 4, 5], Duration::from_secs(300)).await?;
+
+    // Catch-up.
+    let catchup = phases::catch_up(&mut cluster, catchup_keys, bytes, connections).await?;
+    eprintln!(
+        "catch-up: {} keys in {:.2}s ({:.0} keys/s, {:.2}s of it starting up)",
+        catchup.keys, catchup.seconds, catchup.keys_per_s, catchup.startup_seconds
+    );
+
+    let growth = if args.growth { Some(growth(&cluster, settings, bytes).await?) } else { None };
+
+    print_table(&rows);
+    let find = |k: Kind| rows.iter().find(|(r, _)| r.kind == k).map(|(r, _)| r);
+    let entry = |r: Option<&Row>| {
+        r.map(|r| json!({"put": r.put.as_ref().map(figures), "get": r.get.as_ref().map(figures)}))
+            .unwrap_or(Value::Null)
+    };
+    Ok(json!({
+        "ceiling": entry(find(Kind::Ceiling)),
+        "vkv": entry(find(Kind::Vkv)),
+        "etcd": entry(find(Kind::Etcd)),
+        "replication_lag_ms": {"p50": lag_ms(0.5), "p99": lag_ms(0.99), "p999": lag_ms(0.999),
+                               "max": lag_ms(1.0), "samples": lag.len(), "failed_writes": lag_failed,
+                               "writes_per_s": 1000},
+        "catchup_keys_per_s": round(catchup.keys_per_s),
+        "catchup": catchup,
+        "replication_drain_s": drains,
+        "growth": growth,
+        "settings": {"connections": connections, "seconds": seconds, "rounds": rounds, "keys": keys,
+                     "value_bytes": bytes, "quick": args.quick},
+        "machine": machine(),
+    }))
+}
+
+/// Latency and disk use of replica 1 at 10k, 100k and 1M keys.
+async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Result<Value, String> {
+    let addr: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
+    let mut points = Vec::new();
+    let mut have = 0u64;
+    for size in [10_000u64, 100_000, 1_000_000] {
+        let started = Instant::now();
+        let prefix: Arc<str> = "g".into();
+        let fill_settings = Settings { max_requests: Some(size - have), ..settings };
+        let fill_settings = Settings { warmup: Duration::ZERO, duration: Duration::from_secs(3600), ..fill_settings };
+        let base = have;
+        let filled = load::run(addr, fill_settings, Arc::new(move |i| {
+            Kind::Vkv.put(addr, &phases::key(&prefix, base + i), &phases::value(base + i, bytes))
+        }))
+        .await;
+        check("growth fill", &filled)?;
+        have = size;
+        phases::drain(cluster, &[1, 2, 3, 4, 5], Duration::from_secs(1800)).await?;
+        eprintln!("growth: {size} keys loaded in {:.1}s", started.elapsed().as_secs_f64());
+        let spread = move |i: u64| i.wrapping_mul(2_654_435_761) % size;
+        let get = load::run(addr, settings, Arc::new(move |i| Kind::Vkv.get(addr, &phases::key("g", spread(i))))).await;
+        let put = load::run(addr, settings, Arc::new(move |i| {
+            Kind::Vkv.put(addr, &phases::key("g", spread(i)), &phases::value(spread(i), bytes))
+        }))
+        .await;
+        check("growth get", &get)?;
+        check("growth put", &put)?;
+        phases::drain(cluster, &[1, 2, 3, 4, 5], Duration::from_secs(1800)).await?;
+        let (_, keys) = phases::backlog(&cluster.client(1)).await?;
+        let payload: u64 = (0..size).map(|i| (phases::key("g", i).len() + bytes) as u64).sum();
+        let disk = phases::disk_bytes(cluster.data_dir(1));
+        eprintln!(
+            "growth {size}: GET p50 {:.2} ms, PUT p50 {:.2} ms, disk {:.1} MB for {:.1} MB payload ({:.2}x)",
+            get.ms(0.5),
+            put.ms(0.5),
+            disk as f64 / 1e6,
+            payload as f64 / 1e6,
+            disk as f64 / payload as f64
+        );
+        points.push(json!({"keys": size, "replica_keys": keys, "get": figures(&get), "put": figures(&put),
+                           "disk_bytes": disk, "payload_bytes": payload,
+                           "disk_over_payload": round(disk as f64 / payload as f64)}));
+    }
+    Ok(Value::Array(points))
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
+    json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu,
+           "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string())})
+}
+
+fn print_table(rows: &[(Row, SocketAddr)]) {
+    let get = |k: Kind, op: Op| {
+        rows.iter().find(|(r, _)| r.kind == k).and_then(|(r, _)| if op == Op::Put { r.put.as_ref() } else { r.get.as_ref() })
+    };
+    println!();
+    println!("| op | target | req/s | p50 ms | p99 ms | p99.9 ms | errors | vkv/ceiling | vkv/etcd |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for op in [Op::Put, Op::Get] {
+        for (row, _) in rows {
+            let Some(o) = get(row.kind, op) else { continue };
+            let ratio = |base: Option<&Outcome>| match (row.kind, base) {
+                (Kind::Vkv, Some(b)) => format!("{:.2}× req/s, {:.2}× p99", o.rps() / b.rps(), o.ms(0.99) / b.ms(0.99)),
+                _ => String::new(),
+            };
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                op.name().to_uppercase(),
+                row.kind.name(),
+                o.rps(),
+                o.ms(0.5),
+                o.ms(0.99),
+                o.ms(0.999),
+                o.errors,
+                ratio(get(Kind::Ceiling, op)),
+                ratio(get(Kind::Etcd, op)),
+            );
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let (root, _temp) = match &args.keep {
+        Some(dir) => (dir.clone(), None),
+        None => match tempfile::Builder::new().prefix("vkv-bench").tempdir() {
+            Ok(t) => (t.path().to_path_buf(), Some(t)),
+            Err(e) => {
+                eprintln!("vkv-bench: cannot create a temporary directory: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    let json_path = args.json.clone();
+    let started = Instant::now();
+    match bench(args, root).await {
+        Ok(figures) => {
+            eprintln!("done in {:.0}s", started.elapsed().as_secs_f64());
+            if let Some(path) = json_path {
+                let text = serde_json::to_string_pretty(&figures).unwrap_or_default();
+                if let Err(e) = std::fs::write(&path, text + "\n") {
+                    eprintln!("vkv-bench: cannot write {}: {e}", path.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("vkv-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The bench's measurements beyond plain throughput, all on the vkv cluster: replication lag
+//! under a steady write rate, catch-up of a replica that missed many keys, and growth.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use vkv::client::Client;
+use vkv_testkit::{LocalCluster, Stop};
+
+use super::load::{self, histogram, Outcome, Settings};
+use super::targets::Kind;
+
+/// Key number `i` of a series.
+pub fn key(prefix: &str, i: u64) -> String {
+    format!("{prefix}{i}")
+}
+
+/// A value of `bytes` bytes that also names its key number (so a reader can tell versions apart).
+pub fn value(i: u64, bytes: usize) -> String {
+    let mut v = format!("v{i}-");
+    v.extend(std::iter::repeat_n('x', bytes.saturating_sub(v.len())));
+    v
+}
+
+/// Writes keys `prefix0 .. prefix{count-1}` through `connections` connections, as fast as the
+/// target takes them. Errors are returned, not hidden.
+pub async fn fill(kind: Kind, addr: SocketAddr, prefix: &str, count: u64, bytes: usize, connections: usize) -> Outcome {
+    let prefix: Arc<str> = prefix.into();
+    let settings = Settings {
+        connections,
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(3600),
+        max_requests: Some(count),
+        rate: None,
+    };
+    load::run(addr, settings, Arc::new(move |i| kind.put(addr, &key(&prefix, i), &value(i, bytes)))).await
+}
+
+/// Sum of outbox depths at replica `id`, and its key count.
+pub async fn backlog(client: &Client) -> Result<(u64, u64), String> {
+    let status = client.status().await.map_err(|e| e.to_string())?;
+    Ok((status.peers.iter().map(|p| p.outbox_depth).sum(), status.keys))
+}
+
+/// Waits until no running replica owes its peers anything (outboxes empty); returns how long it took.
+pub async fn drain(cluster: &LocalCluster, ids: &[usize], timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let mut owed = 0;
+        for &id in ids {
+            owed += backlog(&cluster.client(id)).await?.0;
+        }
+        if owed == 0 {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("outboxes still hold {owed} key(s) after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Replication lag: writes at replica 1 at `rate` per second for `duration`; for every
+/// `sample_every`-th write, polls replicas 2..=n (every millisecond) until each returns the
+/// written value. Lag = time from the write's 200 at replica 1 to the value readable at the last
+/// of the others. Returns the histogram (µs) and the number of writes that failed.
+pub async fn replication_lag(
+    cluster: &LocalCluster,
+    rate: f64,
+    duration: Duration,
+    sample_every: u64,
+    bytes: usize,
+) -> Result<(Histogram<u64>, u64), String> {
+    let origin = cluster.client(1);
+    let others: Vec<Client> = (2..=cluster.n()).map(|id| cluster.client(id)).collect();
+    let others = Arc::new(others);
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..total {
+        ticker.tick().await;
+        let (origin, others) = (origin.clone(), others.clone());
+        writes.spawn(async move {
+            let (k, v) = (key("lag", i), value(i, bytes));
+            origin.put(&k, &v, None).await.map_err(|e| format!("write {k}: {e}"))?;
+            let acked = Instant::now();
+            if i % sample_every != 0 {
+                return Ok(None);
+            }
+            let mut lag = Duration::ZERO;
+            for other in others.iter() {
+                let deadline = acked + Duration::from_secs(30);
+                loop {
+                    if let Ok(Some(set)) = other.get(&k).await {
+                        if set.versions.iter().any(|x| x.value.as_deref() == Some(v.as_str())) {
+                            break;
+                        }
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("{k} not replicated after 30 s"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                lag = lag.max(acked.elapsed());
+            }
+            Ok(Some(lag))
+        });
+    }
+    let mut lags = histogram();
+    let mut failed = 0;
+    let mut first_error = None;
+    while let Some(joined) = writes.join_next().await {
+        match joined.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(Some(lag)) => lags.saturating_record((lag.as_micros() as u64).max(1)),
+            Ok(None) => {}
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if lags.is_empty() {
+        return Err(first_error.unwrap_or_else(|| "no lag sample".into()));
+    }
+    Ok((lags, failed))
+}
+
+/// What the catch-up measurement found.
+#[derive(Debug, Serialize)]
+pub struct CatchUp {
+    pub keys: u64,
+    /// From the returning replica's start to every missed key delivered (it owes nothing, is owed nothing).
+    pub seconds: f64,
+    pub keys_per_s: f64,
+    /// Part of `seconds` spent before the replica answered `/health`.
+    pub startup_seconds: f64,
+}
+
+/// Stops replica `n`, writes `count` keys at replica 1, starts replica `n` again and times until
+/// it holds them all and replica 1's outbox toward it is empty.
+pub async fn catch_up(cluster: &mut LocalCluster, count: u64, bytes: usize, connections: usize) -> Result<CatchUp, String> {
+    let away = cluster.n();
+    let (_, before) = backlog(&cluster.client(away)).await?;
+    cluster.stop(away, Stop::Clean).map_err(|e| e.to_string())?;
+    let addr: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
+    let written = fill(Kind::Vkv, addr, "cu", count, bytes, connections).await;
+    if written.errors > 0 {
+        return Err(format!("{} catch-up writes failed: {:?}", written.errors, written.first_error));
+    }
+    let start = Instant::now();
+    cluster.start(away).map_err(|e| e.to_string())?;
+    cluster.wait_healthy(away, Duration::from_secs(30)).await?;
+    let startup = start.elapsed();
+    let (origin, returning) = (cluster.client(1), cluster.client(away));
+    loop {
+        let owed = origin.status().await.map_err(|e| e.to_string())?;
+        let owed = owed.peers.iter().find(|p| p.id as usize == away).map_or(0, |p| p.outbox_depth);
+        let (_, keys) = backlog(&returning).await?;
+        if owed == 0 && keys >= before + count {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(format!("replica {away} holds {keys} keys, {owed} still owed, after 600 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(CatchUp { keys: count, seconds, keys_per_s: count as f64 / seconds, startup_seconds: startup.as_secs_f64() })
+}
+
+/// Bytes of every file under `dir`.
+pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
