@@ -14,7 +14,7 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Most keys in one `POST /replicate` batch. Larger batches amortise a round trip over more keys;
 /// smaller ones bound the memory and the transaction a receiver holds for one request.
-pub const MAX_BATCH_KEYS: usize = 256;
+pub const MAX_BATCH_KEYS: usize = 1024;
 /// Most versions of one key in a replication entry. Far above any healthy sibling count.
 pub const MAX_VERSIONS_PER_ENTRY: usize = 1024;
 /// Largest `POST /replicate` body a replica accepts. Senders cut batches at a quarter of this,

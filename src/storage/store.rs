@@ -31,8 +31,8 @@ use std::sync::{Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::file::Fault;
 pub use super::commit::Lead;
+use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
 use crate::core::clock::VectorClock;
 use crate::core::cluster::ReplicaId;

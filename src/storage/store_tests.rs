@@ -320,3 +320,46 @@ fn a_refused_write_fails_alone_and_a_failed_commit_acknowledges_nobody() {
     assert_eq!(store.get("kept").unwrap().len(), 1);
     grouped_put(&store, "after", "v").unwrap();
 }
+
+#[test]
+fn a_submitted_write_is_committed_before_its_done_runs_and_refusals_do_not_stop_the_batch() {
+    let (_dir, store) = store_with(&[]);
+    let store = std::sync::Arc::new(store);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut leads = 0;
+    for i in 0..50u64 {
+        let (check, tx) = (store.clone(), tx.clone());
+        let key = format!("k{i}");
+        let decide = move |cur: &SiblingSet| {
+            if i % 10 == 3 {
+                return Err(Error::InvalidInput("refused".into()));
+            }
+            let clock = cur.client_write(3, None, 0).unwrap();
+            Ok((SiblingSet::single(Version::value("v", clock.clone())), clock))
+        };
+        let done = move |outcome: Result<VectorClock>| {
+            // What done hears is already in the store (committed), or was never written.
+            let stored = check.get(&format!("k{i}")).unwrap();
+            tx.send((i, outcome.is_ok(), stored.len())).unwrap();
+        };
+        if store.submit(key, decide, done) == Lead::Yours {
+            leads += 1;
+        }
+    }
+    assert_eq!(leads, 1, "one leader for the whole queue");
+    store.lead();
+    drop(tx);
+    let answers: Vec<_> = rx.iter().collect();
+    assert_eq!(answers.len(), 50, "every job answered");
+    for (i, ok, stored) in answers {
+        assert_eq!(ok, i % 10 != 3, "job {i}");
+        assert_eq!(stored, usize::from(ok), "job {i}: done ran before its commit, or a refusal was written");
+    }
+    assert!(store.commits() >= 1);
+    // The leader stepped down: the next writer leads again.
+    assert_eq!(
+        store.submit("again".into(), |_| Err::<(SiblingSet, ()), _>(Error::InvalidInput("x".into())), |_| {}),
+        Lead::Yours
+    );
+    store.lead();
+}

@@ -115,21 +115,65 @@ impl<P: PeerTransport> Sender<P> {
         }
     }
 
-    async fn acknowledge(&self, batch: &[Pending]) -> Result<usize> {
+    /// Starts clearing `batch`'s marks on the blocking pool; the sender reads and ships the next
+    /// batch meanwhile (see [`Acking`]).
+    fn start_acknowledge(&self, batch: Vec<Pending>) -> Acking {
         let peer = self.link.member.id;
         let delivered: Vec<(String, u64)> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
-        on_store(&self.store, move |store| store.acknowledge(peer, &delivered)).await
+        let store = self.store.clone();
+        let task = tokio::spawn(
+            async move { on_store(&store, move |store| store.acknowledge(peer, &delivered)).await }.in_current_span(),
+        );
+        Acking { batch, task }
+    }
+
+    /// Waits for an acknowledgement started by [`Sender::start_acknowledge`] and logs the delivery.
+    async fn finish_acknowledge(&self, acking: Acking, progress: &mut Progress, stop: &mut watch::Receiver<bool>) {
+        let Acking { batch, task } = acking;
+        let cleared =
+            task.await.unwrap_or_else(|e| Err(crate::error::Error::Storage(format!("acknowledge task: {e}"))));
+        match cleared {
+            Ok(cleared) => {
+                if let Some(failures) = progress.local_ok() {
+                    info!("the store works again after {failures} failure(s)");
+                }
+                let requeued = batch.len() - cleared;
+                info!(
+                    "delivered {} key(s): {}{}",
+                    batch.len(),
+                    summarise(&batch),
+                    if requeued > 0 { format!(" ({requeued} changed meanwhile, re-queued)") } else { String::new() }
+                )
+            }
+            Err(e) => {
+                // The peer has the batch but the marks stay: it ships again, after a pause (the
+                // peer's merge is a no-op then, and commits nothing).
+                let (first, delay) = progress.local_failure();
+                if first {
+                    warn!("delivered but cannot clear marks: {e}; retrying with backoff");
+                }
+                pause(stop, delay).await;
+            }
+        }
     }
 
     /// Drains the outbox until `stop` turns true. The decisions (what to send next, how long to
     /// wait, what to log) are `Progress`'s (sync/progress.rs); this loop does the I/O and the waiting.
+    ///
+    /// Pipelined: once a batch is delivered, its marks are cleared in the background while the
+    /// next batch is read and shipped (its keys are passed over until then), so a round trip to
+    /// the peer never waits for this replica's own write transaction.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let peer = &self.link.member;
         let (pid, addr) = (peer.id, peer.address());
         let mut progress = Progress::new();
+        let mut acking: Option<Acking> = None;
         debug!("sender started");
         while !*stop.borrow() {
-            let skip = progress.skipped(Instant::now());
+            let mut skip = progress.skipped(Instant::now());
+            if let Some(a) = &acking {
+                skip.extend(a.batch.iter().map(|p| p.key.clone()));
+            }
             let batch = match self.next_batch(progress.cursor.clone(), progress.batch_keys, skip).await {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -142,6 +186,11 @@ impl<P: PeerTransport> Sender<P> {
                 }
             };
             if batch.is_empty() {
+                if let Some(a) = acking.take() {
+                    // Nothing else to ship: settle the last delivery, then look again.
+                    self.finish_acknowledge(a, &mut progress, &mut stop).await;
+                    continue;
+                }
                 tokio::select! {
                     _ = self.link.work.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -153,6 +202,9 @@ impl<P: PeerTransport> Sender<P> {
                 r = self.ship(&batch) => r,
                 _ = stop.changed() => break,
             };
+            if let Some(a) = acking.take() {
+                self.finish_acknowledge(a, &mut progress, &mut stop).await;
+            }
             match shipped {
                 Ok(()) => {
                     self.link.set_membership_refusal(None);
@@ -167,33 +219,7 @@ impl<P: PeerTransport> Sender<P> {
                         ),
                         Recovered::No => {}
                     }
-                    match self.acknowledge(&batch).await {
-                        Ok(cleared) => {
-                            if let Some(failures) = progress.local_ok() {
-                                info!("the store works again after {failures} failure(s)");
-                            }
-                            let requeued = batch.len() - cleared;
-                            info!(
-                                "delivered {} key(s): {}{}",
-                                batch.len(),
-                                summarise(&batch),
-                                if requeued > 0 {
-                                    format!(" ({requeued} changed meanwhile, re-queued)")
-                                } else {
-                                    String::new()
-                                }
-                            )
-                        }
-                        Err(e) => {
-                            // The peer has the batch but the marks stay: it ships again, after a
-                            // pause (the peer's merge is a no-op then, and commits nothing).
-                            let (first, delay) = progress.local_failure();
-                            if first {
-                                warn!("delivered but cannot clear marks: {e}; retrying with backoff");
-                            }
-                            pause(&mut stop, delay).await;
-                        }
-                    }
+                    acking = Some(self.start_acknowledge(batch));
                 }
                 Err(ShipError::Refused(reason)) => match progress.refused(&batch, Instant::now()) {
                     Refusal::Halve { batch_keys } => warn!(
@@ -243,8 +269,18 @@ impl<P: PeerTransport> Sender<P> {
                 }
             }
         }
+        if let Some(a) = acking.take() {
+            // Clear what was delivered before stopping (a mark left behind would only re-ship).
+            let _ = a.task.await;
+        }
         debug!("sender stopped");
     }
+}
+
+/// A delivered batch whose marks are being cleared in the background.
+struct Acking {
+    batch: Vec<Pending>,
+    task: tokio::task::JoinHandle<Result<usize>>,
 }
 
 /// Sleeps `delay`, cut short by `stop`.

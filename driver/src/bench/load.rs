@@ -81,7 +81,8 @@ pub async fn run(addr: SocketAddr, settings: Settings, make: MakeRequest) -> Out
             let mut me = Worker { ok: histogram(), errors: 0, first_error: None };
             // Paced runs: each connection owns every `connections`-th slot of the schedule.
             let interval = settings.rate.map(|r| Duration::from_secs_f64(settings.connections as f64 / r));
-            let mut next_slot = start + interval.map(|i| i.mul_f64(w as f64 / settings.connections as f64)).unwrap_or_default();
+            let mut next_slot =
+                start + interval.map(|i| i.mul_f64(w as f64 / settings.connections as f64)).unwrap_or_default();
             'connect: while Instant::now() < end {
                 let mut sender = match connect(addr).await {
                     Ok(s) => s,
@@ -120,9 +121,8 @@ pub async fn run(addr: SocketAddr, settings: Settings, make: MakeRequest) -> Out
                                 me.ok.saturating_record(micros.max(1));
                             }
                         }
-                        Ok((status, body)) => {
-                            me.note_error(format!("{status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])))
-                        }
+                        Ok((status, body)) => me
+                            .note_error(format!("{status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]))),
                         Err(e) => {
                             me.note_error(format!("request: {e}"));
                             continue 'connect;

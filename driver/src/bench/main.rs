@@ -201,7 +201,8 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
 
     // Replication lag at a steady 1,000 writes/s.
     let lag_seconds = if args.quick { 3 } else { 10 };
-    let (lag, lag_failed) = phases::replication_lag(&cluster, 1000.0, Duration::from_secs(lag_seconds), 5, bytes).await?;
+    let (lag, lag_failed) =
+        phases::replication_lag(&cluster, 1000.0, Duration::from_secs(lag_seconds), 5, bytes).await?;
     let lag_ms = |q: f64| round(lag.value_at_quantile(q) as f64 / 1000.0);
     eprintln!(
         "replication lag at 1000 writes/s ({} samples): p50 {} ms, p99 {} ms, max {} ms",
@@ -255,9 +256,11 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
         let fill_settings = Settings { max_requests: Some(size - have), ..settings };
         let fill_settings = Settings { warmup: Duration::ZERO, duration: Duration::from_secs(3600), ..fill_settings };
         let base = have;
-        let filled = load::run(addr, fill_settings, Arc::new(move |i| {
-            Kind::Vkv.put(addr, &phases::key(&prefix, base + i), &phases::value(base + i, bytes))
-        }))
+        let filled = load::run(
+            addr,
+            fill_settings,
+            Arc::new(move |i| Kind::Vkv.put(addr, &phases::key(&prefix, base + i), &phases::value(base + i, bytes))),
+        )
         .await;
         check("growth fill", &filled)?;
         have = size;
@@ -265,9 +268,11 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
         eprintln!("growth: {size} keys loaded in {:.1}s", started.elapsed().as_secs_f64());
         let spread = move |i: u64| i.wrapping_mul(2_654_435_761) % size;
         let get = load::run(addr, settings, Arc::new(move |i| Kind::Vkv.get(addr, &phases::key("g", spread(i))))).await;
-        let put = load::run(addr, settings, Arc::new(move |i| {
-            Kind::Vkv.put(addr, &phases::key("g", spread(i)), &phases::value(spread(i), bytes))
-        }))
+        let put = load::run(
+            addr,
+            settings,
+            Arc::new(move |i| Kind::Vkv.put(addr, &phases::key("g", spread(i)), &phases::value(spread(i), bytes))),
+        )
         .await;
         check("growth get", &get)?;
         check("growth put", &put)?;
@@ -291,16 +296,18 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
 }
 
 fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+    });
     json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu,
            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string())})
 }
 
 fn print_table(rows: &[(Row, SocketAddr)]) {
     let get = |k: Kind, op: Op| {
-        rows.iter().find(|(r, _)| r.kind == k).and_then(|(r, _)| if op == Op::Put { r.put.as_ref() } else { r.get.as_ref() })
+        rows.iter()
+            .find(|(r, _)| r.kind == k)
+            .and_then(|(r, _)| if op == Op::Put { r.put.as_ref() } else { r.get.as_ref() })
     };
     println!();
     println!("| op | target | req/s | p50 ms | p99 ms | p99.9 ms | errors | vkv/ceiling | vkv/etcd |");

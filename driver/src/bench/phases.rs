@@ -142,7 +142,12 @@ pub struct CatchUp {
 
 /// Stops replica `n`, writes `count` keys at replica 1, starts replica `n` again and times until
 /// it holds them all and replica 1's outbox toward it is empty.
-pub async fn catch_up(cluster: &mut LocalCluster, count: u64, bytes: usize, connections: usize) -> Result<CatchUp, String> {
+pub async fn catch_up(
+    cluster: &mut LocalCluster,
+    count: u64,
+    bytes: usize,
+    connections: usize,
+) -> Result<CatchUp, String> {
     let away = cluster.n();
     let (_, before) = backlog(&cluster.client(away)).await?;
     cluster.stop(away, Stop::Clean).map_err(|e| e.to_string())?;

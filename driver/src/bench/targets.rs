@@ -136,11 +136,15 @@ pub fn etcd_binary() -> Option<PathBuf> {
 
 /// Starts a `members`-member etcd cluster on loopback (data under `root`, fsync on, as shipped).
 /// Returns the processes and the client address of each member.
-pub async fn start_etcd(binary: &Path, members: usize, root: &Path, logs: &Path) -> Result<(Processes, Vec<SocketAddr>), String> {
+pub async fn start_etcd(
+    binary: &Path,
+    members: usize,
+    root: &Path,
+    logs: &Path,
+) -> Result<(Processes, Vec<SocketAddr>), String> {
     let ports = vkv_testkit::free_ports(members * 2).map_err(|e| format!("no free ports: {e}"))?;
     let (client_ports, peer_ports) = ports.split_at(members);
-    let initial: Vec<String> =
-        (0..members).map(|i| format!("e{}=http://127.0.0.1:{}", i + 1, peer_ports[i])).collect();
+    let initial: Vec<String> = (0..members).map(|i| format!("e{}=http://127.0.0.1:{}", i + 1, peer_ports[i])).collect();
     let mut processes = Processes(Vec::new());
     for i in 0..members {
         let client = format!("http://127.0.0.1:{}", client_ports[i]);

@@ -23,7 +23,11 @@ struct Args {
 
 type Keys = Arc<RwLock<HashMap<String, (String, u64)>>>;
 
-async fn put(State(keys): State<Keys>, Path(key): Path<String>, Json(body): Json<Value>) -> Result<Json<Value>, StatusCode> {
+async fn put(
+    State(keys): State<Keys>,
+    Path(key): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, StatusCode> {
     let value = body.get("value").and_then(Value::as_str).ok_or(StatusCode::BAD_REQUEST)?.to_string();
     let mut keys = keys.write().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let entry = keys.entry(key.clone()).or_insert((String::new(), 0));
