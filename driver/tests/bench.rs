@@ -19,7 +19,7 @@ fn a_small_bench_run_writes_every_figure() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let output = Command::new(BENCH)
-        .args(["--seconds", "1", "--rounds", "1", "--keys", "300", "--catchup-keys", "2000", "--connections", "8"])
+        .args(["--quick", "--seconds", "1", "--keys", "300", "--catchup-keys", "2000", "--connections", "8"])
         .arg("--json")
         .arg(&json)
         .output()

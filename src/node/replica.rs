@@ -10,6 +10,9 @@
 //!
 //! Keys and values are written escaped (Rust's `{:?}`: quotes, `\n`, `\0`, `\u{..}`), so a key
 //! can never forge a line or put a control byte into the log.
+//!
+//! Size: the replica type and its verbs (open, write, read, merge, peer reads); the decisions'
+//! wording, validation, status and coordination live in their own files.
 
 use std::collections::HashSet;
 use std::path::PathBuf;

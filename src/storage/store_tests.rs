@@ -1,4 +1,7 @@
 //! Tests of the store: marks, limits, digests, first starts, damage and repair.
+//!
+//! Size: one test module for the store's every transaction kind, group commit included; they share
+//! the fixtures at the top.
 
 use super::*;
 use std::path::Path;

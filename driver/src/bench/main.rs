@@ -63,6 +63,10 @@ struct Args {
     /// Skip etcd even if it is installed.
     #[arg(long)]
     no_etcd: bool,
+    /// The vkv-server binary to measure (default: the one built beside this bench), e.g. an older
+    /// build to compare with.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
     /// Keep logs and data here (default: a temporary directory, removed at the end).
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -135,7 +139,10 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     // Targets.
     let ceiling_port = vkv_testkit::free_ports(1).map_err(|e| e.to_string())?[0];
     let (_ceiling, ceiling) = targets::start_ceiling(ceiling_port, &logs).await?;
-    let server = vkv_testkit::server_binary()?;
+    let server = match &args.server_bin {
+        Some(path) => path.clone(),
+        None => vkv_testkit::server_binary()?,
+    };
     let ports = vkv_testkit::free_ports(5).map_err(|e| e.to_string())?;
     let mut cluster = LocalCluster::with_log_dir(server, ports, &root.join("vkv"), &logs);
     cluster.start_all().map_err(|e| format!("cannot start vkv: {e}"))?;
