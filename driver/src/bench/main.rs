@@ -144,7 +144,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
         None => vkv_testkit::server_binary()?,
     };
     let ports = vkv_testkit::free_ports(5).map_err(|e| e.to_string())?;
-    let mut cluster = LocalCluster::with_log_dir(server, ports, &root.join("vkv"), &logs);
+    let mut cluster = LocalCluster::with_log_dir(server.clone(), ports, &root.join("vkv"), &logs);
     cluster.start_all().map_err(|e| format!("cannot start vkv: {e}"))?;
     cluster.wait_all_healthy(Duration::from_secs(30)).await?;
     let vkv: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
@@ -227,7 +227,18 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
         catchup.keys, catchup.seconds, catchup.keys_per_s, catchup.startup_seconds
     );
 
-    let growth = if args.growth { Some(growth(&cluster, settings, bytes).await?) } else { None };
+    let growth = if args.growth {
+        // A fresh cluster, so the disk use compares with exactly the payload written.
+        cluster.kill_all();
+        let ports = vkv_testkit::free_ports(5).map_err(|e| e.to_string())?;
+        let mut fresh = LocalCluster::with_log_dir(server.clone(), ports, &root.join("vkv-growth"), &root.join("logs-growth"));
+        std::fs::create_dir_all(root.join("logs-growth")).map_err(|e| e.to_string())?;
+        fresh.start_all().map_err(|e| format!("cannot start vkv: {e}"))?;
+        fresh.wait_all_healthy(Duration::from_secs(30)).await?;
+        Some(growth(&fresh, settings, bytes).await?)
+    } else {
+        None
+    };
 
     print_table(&rows);
     let find = |k: Kind| rows.iter().find(|(r, _)| r.kind == k).map(|(r, _)| r);
@@ -252,7 +263,8 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     }))
 }
 
-/// Latency and disk use of replica 1 at 10k, 100k and 1M keys.
+/// Latency and disk use of replica 1 at 10k, 100k and 1M keys, on a cluster that holds nothing
+/// else (disk: every file of replica 1's data dir; payload: the keys' and values' bytes).
 async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Result<Value, String> {
     let addr: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
     let mut points = Vec::new();
