@@ -231,7 +231,8 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
         // A fresh cluster, so the disk use compares with exactly the payload written.
         cluster.kill_all();
         let ports = vkv_testkit::free_ports(5).map_err(|e| e.to_string())?;
-        let mut fresh = LocalCluster::with_log_dir(server.clone(), ports, &root.join("vkv-growth"), &root.join("logs-growth"));
+        let mut fresh =
+            LocalCluster::with_log_dir(server.clone(), ports, &root.join("vkv-growth"), &root.join("logs-growth"));
         std::fs::create_dir_all(root.join("logs-growth")).map_err(|e| e.to_string())?;
         fresh.start_all().map_err(|e| format!("cannot start vkv: {e}"))?;
         fresh.wait_all_healthy(Duration::from_secs(30)).await?;
