@@ -100,14 +100,7 @@ pub(super) fn encode(set: &SiblingSet) -> Vec<u8> {
 
 impl Store {
     pub(super) fn commit(&self, txn: redb::WriteTransaction) -> Result<()> {
-        #[cfg(test)]
-        if self.fail_commits.load(Ordering::SeqCst) {
-            return Err(Error::Storage("injected commit failure".into()));
-        }
-        txn.commit()?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.clear_fault();
-        Ok(())
+        self.finish(txn, true)
     }
 
     /// Commits `txn` without waiting for the disk (redb's `Durability::None`): it becomes durable
@@ -116,13 +109,21 @@ impl Store {
     /// the peer already holds, and its merge is a no-op). Does not clear a fault: only a commit
     /// that reached the disk proves the disk works.
     pub(super) fn commit_lazily(&self, mut txn: redb::WriteTransaction) -> Result<()> {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
+        self.finish(txn, false)
+    }
+
+    fn finish(&self, txn: redb::WriteTransaction, durable: bool) -> Result<()> {
         #[cfg(test)]
         if self.fail_commits.load(Ordering::SeqCst) {
             return Err(Error::Storage("injected commit failure".into()));
         }
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
         txn.commit()?;
+        if durable {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.clear_fault();
+        }
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::progress::{Progress, Recovered, Refusal};
 use crate::core::cluster::{Member, ReplicaId};
 use crate::core::show::Clocks;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::net::peer::{PeerClient, PeerError, PeerTransport, CONNECT_TIMEOUT};
 use crate::net::protocol::{ReplicateEntry, ReplicateRequest, MAX_REPLICATE_BODY_BYTES};
 use crate::node::link::PeerLink;
@@ -130,8 +130,7 @@ impl<P: PeerTransport> Sender<P> {
     /// Waits for an acknowledgement started by [`Sender::start_acknowledge`] and logs the delivery.
     async fn finish_acknowledge(&self, acking: Acking, progress: &mut Progress, stop: &mut watch::Receiver<bool>) {
         let Acking { batch, task } = acking;
-        let cleared =
-            task.await.unwrap_or_else(|e| Err(crate::error::Error::Storage(format!("acknowledge task: {e}"))));
+        let cleared = task.await.unwrap_or_else(|e| Err(Error::Storage(format!("acknowledge task: {e}"))));
         match cleared {
             Ok(cleared) => {
                 if let Some(failures) = progress.local_ok() {

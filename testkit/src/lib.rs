@@ -98,29 +98,38 @@ pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 /// helper in `target/<profile>/`). When run through cargo (`CARGO` is set), builds it first with
 /// the same profile, so it is never stale: `cargo run -p <other package>` alone does not build it.
 pub fn server_binary() -> Result<PathBuf, String> {
+    built_binary("vkv", &["vkv-server", "vkv"], "vkv-server").map_err(|e| format!("{e} or pass --server-bin"))
+}
+
+/// The binary `name` next to the running executable, built first (with `bins`, all of
+/// `package`, in the running executable's profile) when run through cargo.
+pub fn built_binary(package: &str, bins: &[&str], name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate myself: {e}"))?;
     let dir = exe.parent().ok_or("the executable has no parent directory")?;
-    let server = dir.join("vkv-server");
+    let binary = dir.join(name);
     let release = dir.file_name().is_some_and(|d| d == "release");
     if let Ok(cargo) = std::env::var("CARGO") {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "vkv", "--bin", "vkv-server", "--bin", "vkv", "--manifest-path"]);
-        cmd.arg(&manifest);
+        cmd.args(["build", "--quiet", "-p", package]);
+        for bin in bins {
+            cmd.args(["--bin", bin]);
+        }
+        cmd.arg("--manifest-path").arg(&manifest);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() {
-            return Err("building vkv-server failed".into());
+            return Err(format!("building {name} failed"));
         }
     }
-    if server.exists() {
-        Ok(server)
+    if binary.exists() {
+        Ok(binary)
     } else {
         Err(format!(
-            "no vkv-server at {}; build it with `cargo build{} -p vkv --bin vkv-server` or pass --server-bin",
-            server.display(),
+            "no {name} at {}; build it with `cargo build{} -p {package} --bin {name}`",
+            binary.display(),
             if release { " --release" } else { "" }
         ))
     }

@@ -170,11 +170,11 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     // Same keys everywhere before any measured run.
     for (row, addr) in &rows {
         let started = Instant::now();
-        let filled = phases::fill(row.kind, *addr, "k", keys, bytes, connections).await;
+        let filled = phases::fill(row.kind, *addr, ("k", 0, keys), bytes, connections).await;
         check(&format!("preloading {}", row.kind.name()), &filled)?;
         eprintln!("preloaded {keys} keys into {} in {:.1}s", row.kind.name(), started.elapsed().as_secs_f64());
     }
-    phases::drain(&cluster, &[1, 2, 3, 4, 5], Duration::from_secs(300)).await?;
+    phases::drain(&cluster, Duration::from_secs(300)).await?;
 
     // Interleaved rounds.
     let mut drains = Vec::new();
@@ -193,7 +193,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
                 );
                 if row.kind == Kind::Vkv && op == Op::Put {
                     // Replication runs behind the writes; it must not spill into the next run.
-                    let drained = phases::drain(&cluster, &[1, 2, 3, 4, 5], Duration::from_secs(300)).await?;
+                    let drained = phases::drain(&cluster, Duration::from_secs(300)).await?;
                     eprintln!("         vkv replication drained {:.2}s after the run", drained.as_secs_f64());
                     drains.push(drained.as_secs_f64());
                 }
@@ -218,7 +218,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
         lag_ms(0.99),
         lag_ms(1.0)
     );
-    phases::drain(&cluster, &[1, 2, 3, 4, 5], Duration::from_secs(300)).await?;
+    phases::drain(&cluster, Duration::from_secs(300)).await?;
 
     // Catch-up.
     let catchup = phases::catch_up(&mut cluster, catchup_keys, bytes, connections).await?;
@@ -272,19 +272,10 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
     let mut have = 0u64;
     for size in [10_000u64, 100_000, 1_000_000] {
         let started = Instant::now();
-        let prefix: Arc<str> = "g".into();
-        let fill_settings = Settings { max_requests: Some(size - have), ..settings };
-        let fill_settings = Settings { warmup: Duration::ZERO, duration: Duration::from_secs(3600), ..fill_settings };
-        let base = have;
-        let filled = load::run(
-            addr,
-            fill_settings,
-            Arc::new(move |i| Kind::Vkv.put(addr, &phases::key(&prefix, base + i), &phases::value(base + i, bytes))),
-        )
-        .await;
+        let filled = phases::fill(Kind::Vkv, addr, ("g", have, size - have), bytes, settings.connections).await;
         check("growth fill", &filled)?;
         have = size;
-        phases::drain(cluster, &[1, 2, 3, 4, 5], Duration::from_secs(1800)).await?;
+        phases::drain(cluster, Duration::from_secs(1800)).await?;
         eprintln!("growth: {size} keys loaded in {:.1}s", started.elapsed().as_secs_f64());
         let spread = move |i: u64| i.wrapping_mul(2_654_435_761) % size;
         let get = load::run(addr, settings, Arc::new(move |i| Kind::Vkv.get(addr, &phases::key("g", spread(i))))).await;
@@ -296,7 +287,7 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
         .await;
         check("growth get", &get)?;
         check("growth put", &put)?;
-        phases::drain(cluster, &[1, 2, 3, 4, 5], Duration::from_secs(1800)).await?;
+        phases::drain(cluster, Duration::from_secs(1800)).await?;
         let (_, keys) = phases::backlog(&cluster.client(1)).await?;
         let payload: u64 = (0..size).map(|i| (phases::key("g", i).len() + bytes) as u64).sum();
         let disk = phases::disk_bytes(cluster.data_dir(1));

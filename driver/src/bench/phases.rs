@@ -25,9 +25,15 @@ pub fn value(i: u64, bytes: usize) -> String {
     v
 }
 
-/// Writes keys `prefix0 .. prefix{count-1}` through `connections` connections, as fast as the
-/// target takes them. Errors are returned, not hidden.
-pub async fn fill(kind: Kind, addr: SocketAddr, prefix: &str, count: u64, bytes: usize, connections: usize) -> Outcome {
+/// Writes `count` keys `prefix{first}`, `prefix{first + 1}`, … through `connections`
+/// connections, as fast as the target takes them. Errors are returned, not hidden.
+pub async fn fill(
+    kind: Kind,
+    addr: SocketAddr,
+    (prefix, first, count): (&str, u64, u64),
+    bytes: usize,
+    connections: usize,
+) -> Outcome {
     let prefix: Arc<str> = prefix.into();
     let settings = Settings {
         connections,
@@ -36,7 +42,8 @@ pub async fn fill(kind: Kind, addr: SocketAddr, prefix: &str, count: u64, bytes:
         max_requests: Some(count),
         rate: None,
     };
-    load::run(addr, settings, Arc::new(move |i| kind.put(addr, &key(&prefix, i), &value(i, bytes)))).await
+    load::run(addr, settings, Arc::new(move |i| kind.put(addr, &key(&prefix, first + i), &value(first + i, bytes))))
+        .await
 }
 
 /// Sum of outbox depths at replica `id`, and its key count.
@@ -45,12 +52,13 @@ pub async fn backlog(client: &Client) -> Result<(u64, u64), String> {
     Ok((status.peers.iter().map(|p| p.outbox_depth).sum(), status.keys))
 }
 
-/// Waits until no running replica owes its peers anything (outboxes empty); returns how long it took.
-pub async fn drain(cluster: &LocalCluster, ids: &[usize], timeout: Duration) -> Result<Duration, String> {
+/// Waits until no replica owes its peers anything (every outbox empty; all must be running);
+/// returns how long it took.
+pub async fn drain(cluster: &LocalCluster, timeout: Duration) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
         let mut owed = 0;
-        for &id in ids {
+        for id in 1..=cluster.n() {
             owed += backlog(&cluster.client(id)).await?.0;
         }
         if owed == 0 {
@@ -152,7 +160,7 @@ pub async fn catch_up(
     let (_, before) = backlog(&cluster.client(away)).await?;
     cluster.stop(away, Stop::Clean).map_err(|e| e.to_string())?;
     let addr: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
-    let written = fill(Kind::Vkv, addr, "cu", count, bytes, connections).await;
+    let written = fill(Kind::Vkv, addr, ("cu", 0, count), bytes, connections).await;
     if written.errors > 0 {
         return Err(format!("{} catch-up writes failed: {:?}", written.errors, written.first_error));
     }

@@ -70,26 +70,6 @@ impl Drop for Processes {
     }
 }
 
-/// A binary next to this one (built first with the same profile when run through cargo).
-pub fn sibling_binary(package: &str, name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate myself: {e}"))?;
-    let dir = exe.parent().ok_or("the executable has no parent directory")?;
-    if let Ok(cargo) = std::env::var("CARGO") {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package, "--bin", name, "--manifest-path"]).arg(&manifest);
-        if dir.file_name().is_some_and(|d| d == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err(format!("building {name} failed"));
-        }
-    }
-    let path = dir.join(name);
-    path.exists().then_some(path.clone()).ok_or_else(|| format!("no {name} at {}", path.display()))
-}
-
 fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, String> {
     std::fs::File::create(dir.join(name)).map_err(|e| format!("cannot create a log in {}: {e}", dir.display()))
 }
@@ -116,7 +96,7 @@ pub async fn wait_http(url: &str, needle: Option<&str>, timeout: Duration) -> Re
 
 /// Starts the plain-axum ceiling server on `port`.
 pub async fn start_ceiling(port: u16, logs: &Path) -> Result<(Processes, SocketAddr), String> {
-    let binary = sibling_binary("vkv-driver", "vkv-ceiling")?;
+    let binary = vkv_testkit::built_binary("vkv-driver", &["vkv-ceiling"], "vkv-ceiling")?;
     let child = Command::new(binary)
         .args(["--port", &port.to_string()])
         .stdin(Stdio::null())
