@@ -328,6 +328,11 @@ async fn a_recovering_replica_refuses_writes_but_serves_reads() {
     f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
     let (status, body) = f.call("GET", "/health", None).await;
     assert_eq!((status, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("recovering")));
+    // Not ready (keep it out of rotation), but alive (do not restart it): /readyz vs /livez.
+    let (status, body) = f.call("GET", "/readyz", None).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("recovering")));
+    let (status, body) = f.call("GET", "/livez", None).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("alive")));
     assert!(f.replica.status().await.unwrap().recovering);
     let (status, _) = f.call("POST", "/peer/read", Some(r#"{"from": 2, "key": "k"}"#)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a recovering replica does not count toward r");

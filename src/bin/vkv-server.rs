@@ -94,6 +94,17 @@ struct Args {
     /// connections are closed.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
+    /// Log line format: `text` for people (one line per decision), `json` for log shippers (one
+    /// JSON object per line, with the same message and the decision, key and replica as fields).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The formats `--log-format` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The cluster key from --cluster-key-file or VKV_CLUSTER_KEY; `None` only with --insecure.
@@ -148,15 +159,14 @@ async fn main() -> ExitCode {
     // decision line. The guard flushes the queue when main returns.
     let (writer, _flush_on_exit) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(false)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs =
+        tracing_subscriber::fmt().with_writer(writer).with_env_filter(filter).with_target(false).with_ansi(false);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).with_span_list(true).init(),
+    }
 
     let layout = match Layout::from_flags(&args.host, args.port, args.n, &args.hosts, &args.ports) {
         Ok(layout) => layout,

@@ -20,6 +20,7 @@ use tracing::{error, warn};
 
 use crate::error::Error;
 use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
+use crate::net::exporter;
 use crate::net::protocol::{
     DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, PeerRequest,
     ReadQuery, ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
@@ -58,8 +59,13 @@ impl IntoResponse for AppError {
             Error::Unavailable(_) | Error::QuorumNotMet { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
-            tracing::error!("request failed: {}", self.0);
+        // One line per answer that says something about the replica: an expected refusal
+        // (recovering, quorum not met, overload) is a warning, only a failing store an error.
+        // Client mistakes (4xx) are the client's to see, not the operator's.
+        match status {
+            StatusCode::INTERNAL_SERVER_ERROR => tracing::error!("request failed: {}", self.0),
+            s if s.is_server_error() => tracing::warn!("request refused ({}): {}", s.as_u16(), self.0),
+            _ => tracing::debug!("request rejected ({}): {}", status.as_u16(), self.0),
         }
         (status, Json(ErrorBody { error: self.0.to_string() })).into_response()
     }
@@ -236,8 +242,17 @@ async fn entries(State(replica): Shared, Signed(request): Signed<EntriesRequest>
     Ok(Json(serve_entries(&replica, request).await?).into_response())
 }
 
-/// `/health` and `/readyz`: 200 when serving reads and writes; 503 while recovering from the
-/// peers (reads only), or when the store is failing (full disk, damage).
+/// `/livez`: 200 whenever the process answers HTTP at all — its event loop runs, whatever the
+/// state of its store. A failed liveness check means restart the process; a failing store or a
+/// recovery in progress is not cured by a restart, so it does not fail this check.
+async fn livez(State(replica): Shared) -> Response {
+    Json(serde_json::json!({"status": "alive", "replica": replica.id(), "cluster": replica.cluster_id()}))
+        .into_response()
+}
+
+/// `/readyz` and `/health`: 200 when serving reads and writes; 503 while recovering from the
+/// peers (reads only), or when the store is failing (full disk, damage) — take the replica out
+/// of a load balancer's rotation, do not restart it.
 async fn health(State(replica): Shared) -> Response {
     let (id, cluster) = (replica.id(), replica.cluster_id());
     if let Some(problem) = replica.storage_problem().await {
@@ -259,7 +274,7 @@ async fn status(State(replica): Shared) -> Result<Response, AppError> {
 
 async fn no_route() -> AppError {
     AppError(Error::NotFound(
-        "no such route; see GET/PUT/DELETE /kv/{key}, POST /replicate, GET /health, GET /status".into(),
+        "no such route; see GET/PUT/DELETE /kv/{key}, GET /status, GET /health, /livez, /readyz, /metrics".into(),
     ))
 }
 
@@ -276,6 +291,7 @@ pub(crate) fn client_body_limit(max_value_bytes: usize) -> usize {
 
 /// The replica's HTTP application.
 pub fn app(replica: Arc<Replica>) -> Router {
+    exporter::install();
     let client_limit = client_body_limit(replica.max_value_bytes());
     // Peer routes: a request whose head is not signed with the cluster key is turned away before
     // its body is read, so an outsider cannot make a replica buffer a 64 MiB body.
@@ -291,13 +307,18 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .merge(peer_routes)
         .route("/health", get(health))
         .route("/readyz", get(health))
+        .route("/livez", get(livez))
         .route("/status", get(status))
+        .route("/metrics", get(exporter::serve))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             let body = ErrorBody { error: "internal error (a bug: please report it)".into() };
             (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
         }))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(middleware::from_fn(exporter::track))
+        // Request spans and timings at DEBUG only; failures are not logged here a second time,
+        // in another format: the error path above logs them, at a level that fits.
+        .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()))
         .with_state(replica)
 }

@@ -7,13 +7,15 @@
 //! - `client`: the typed client library of the public API (may use `core`, `protocol`);
 //! - `api`: the HTTP edge, axum routes and JSON errors (may use anything below it: `core`,
 //!   `error`, `protocol`, `auth`, `node`);
-//! - `server`: the connection layer under the app (may use `protocol`).
+//! - `server`: the connection layer under the app (may use `protocol`);
+//! - `exporter`: `GET /metrics`, the Prometheus exposition (may use `node`, like `api`).
 //!
 //! Lower modules of `net` never use `node` or `sync`; only `api` sits above the node.
 
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod exporter;
 pub mod peer;
 pub mod protocol;
 pub mod server;

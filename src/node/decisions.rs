@@ -31,6 +31,21 @@ pub(crate) fn show_clocks(clocks: &[VectorClock]) -> String {
     Clocks(clocks).to_string()
 }
 
+/// Counts one merge in the metrics (`vkv_merges_total` by source and outcome; a conflict also
+/// counts a sibling created), beside its decision line.
+pub(crate) fn count_merge(source: MergeSource, outcome: MergeOutcome) {
+    let outcome_label = match outcome {
+        MergeOutcome::Created => "created",
+        MergeOutcome::Updated => "updated",
+        MergeOutcome::Stale => "stale",
+        MergeOutcome::Conflict { .. } => "conflict",
+    };
+    metrics::counter!("vkv_merges_total", "source" => source.kind(), "outcome" => outcome_label).increment(1);
+    if matches!(outcome, MergeOutcome::Conflict { .. }) {
+        metrics::counter!("vkv_siblings_created_total", "source" => source.kind()).increment(1);
+    }
+}
+
 /// A client write applied: `what` (the value or delete, with its context) got `clock`,
 /// superseding `replaced` versions.
 pub(crate) fn written(key: &str, what: &str, clock: &VectorClock, replaced: usize) {
@@ -64,6 +79,7 @@ pub(crate) fn skipped(key: &str, source: MergeSource, e: &Error) {
 
 /// A quorum read found replicas behind and repaired them.
 pub(crate) fn read_repair(key: &str, r: usize, repaired: &[ReplicaId]) {
+    metrics::counter!("vkv_read_repairs_total").increment(1);
     info!(decision = "read_repair", key = ?key, "read repair (r={r}): replicas {repaired:?} were behind");
 }
 
@@ -84,6 +100,7 @@ pub(crate) fn refused(
             let ctx = context.cloned().unwrap_or_else(|| VectorClock::zero(n));
             let missed: Vec<VectorClock> = current.not_covered_by(&ctx).map(|v| v.clock.clone()).collect();
             let clocks: Vec<VectorClock> = current.versions().iter().map(|v| v.clock.clone()).collect();
+            metrics::counter!("vkv_write_conflicts_total").increment(1);
             warn!(
                 decision = "refused",
                 key = ?key,
@@ -117,6 +134,7 @@ pub(crate) fn refused(
 /// The decision line for one version merged from replica `from`: what the local clocks were,
 /// what arrived, and what the merge did, with the decision and the key as fields.
 pub(crate) fn merge(from: ReplicaId, r: &MergeRecord, v: &Version) {
+    count_merge(MergeSource::Replication(from), r.outcome);
     let head = format!(
         "local {} vs received {} {} from replica {from} →",
         show_clocks(&r.local),
@@ -162,6 +180,16 @@ impl MergeSource {
         match self {
             MergeSource::Replication(p) | MergeSource::AntiEntropy(p) | MergeSource::Recovery(p) => Some(p),
             MergeSource::ReadRepair => None,
+        }
+    }
+
+    /// The source's kind, as a metric label: `replication`, `anti_entropy`, `recovery`, `read_repair`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            MergeSource::Replication(_) => "replication",
+            MergeSource::AntiEntropy(_) => "anti_entropy",
+            MergeSource::Recovery(_) => "recovery",
+            MergeSource::ReadRepair => "read_repair",
         }
     }
 }

@@ -304,8 +304,11 @@ impl Replica {
             }
         }
         let (records, changed, _) = self.merge_entries(source.peer().unwrap_or(self.id()), &entries, true).await?;
-        for r in records.iter().filter(|r| r.outcome.changed()) {
-            decisions::pulled(source, r);
+        for r in &records {
+            decisions::count_merge(source, r.outcome);
+            if r.outcome.changed() {
+                decisions::pulled(source, r);
+            }
         }
         Ok(changed)
     }

@@ -119,8 +119,10 @@ impl Store {
         if self.fail_commits.load(Ordering::SeqCst) {
             return Err(Error::Storage("injected commit failure".into()));
         }
+        let started = std::time::Instant::now();
         txn.commit()?;
         if durable {
+            metrics::histogram!("vkv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
             self.commits.fetch_add(1, Ordering::Relaxed);
             self.clear_fault();
         }

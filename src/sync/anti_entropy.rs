@@ -100,6 +100,7 @@ pub(crate) async fn pull_round(
         _ => None,
     };
     report.repaired = replica.merge_pulled(MergeSource::AntiEntropy(peer.id), answer.entries).await?;
+    metrics::counter!("vkv_anti_entropy_repairs_total").increment(report.repaired as u64);
     Ok(report)
 }
 

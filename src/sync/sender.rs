@@ -206,6 +206,8 @@ impl<P: PeerTransport> Sender<P> {
             }
             match shipped {
                 Ok(()) => {
+                    metrics::counter!("vkv_replicated_keys_total", "peer" => pid.to_string())
+                        .increment(batch.len() as u64);
                     self.link.set_membership_refusal(None);
                     match progress.delivered(&batch, Instant::now()) {
                         Recovered::Membership => {
@@ -246,6 +248,7 @@ impl<P: PeerTransport> Sender<P> {
                     }
                 }
                 Err(ShipError::Unreachable(reason)) => {
+                    metrics::counter!("vkv_replication_failures_total", "peer" => pid.to_string()).increment(1);
                     let jitter = rand::rng().random_range(0.0..=1.0);
                     let (first, delay) = progress.unreachable(Instant::now(), jitter);
                     if first {

@@ -1,0 +1,131 @@
+//! `GET /metrics`: the replica's metrics in the Prometheus text exposition format.
+//!
+//! Events are counted where they happen, through the `metrics` facade (`metrics::counter!` in
+//! the decision log, the store's commit, the senders, anti-entropy, and the HTTP layer below);
+//! this module installs the process's recorder (`metrics-exporter-prometheus`), describes every
+//! metric (its `# HELP` line), and at each scrape sets the gauges that are a reading of the
+//! replica's state right now — outbox depth and reachability per peer, keys, recovery, store
+//! health — from the same probe `GET /status` makes.
+//!
+//! ```text
+//!   vkv_http_requests_total{route,method,status}      counter    every answered request
+//!   vkv_http_request_duration_seconds{route,method}   histogram  handler time
+//!   vkv_commit_duration_seconds                       histogram  one durable commit (fsync)
+//!   vkv_merges_total{source,outcome}                  counter    versions merged from peers
+//!   vkv_siblings_created_total{source}                counter    merges that kept a concurrent version
+//!   vkv_write_conflicts_total                         counter    client writes refused with 409
+//!   vkv_read_repairs_total                            counter    quorum reads that repaired replicas
+//!   vkv_anti_entropy_repairs_total                    counter    keys changed by anti-entropy pulls
+//!   vkv_replicated_keys_total{peer}                   counter    keys delivered to a peer
+//!   vkv_replication_failures_total{peer}              counter    batches a peer did not answer
+//!   vkv_outbox_depth{peer}                            gauge      keys owed to a peer
+//!   vkv_peer_up{peer}                                 gauge      1 if the peer answered its probe
+//!   vkv_keys / vkv_recovering / vkv_store_healthy     gauges     this replica's state
+//! ```
+//!
+//! One recorder per process: a process runs one replica (tests that build several replicas in
+//! one process share it, which only mixes their counters).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::node::replica::Replica;
+
+/// Histogram buckets in seconds: 100 µs to 10 s, covering a loopback GET and a slow fsync.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's metrics recorder (once; later calls return the same handle) and
+/// describes every metric. If another recorder was installed first, ours stays empty.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        let builder = builder.set_buckets(LATENCY_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed: /metrics shows only the state gauges");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!("vkv_http_requests_total", "HTTP requests answered, by route template, method and status");
+    describe_histogram!(
+        "vkv_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's head to its response, by route template and method"
+    );
+    describe_histogram!(
+        "vkv_commit_duration_seconds",
+        Unit::Seconds,
+        "Duration of one durable store commit (fsync), which holds one or more grouped writes"
+    );
+    describe_counter!(
+        "vkv_merges_total",
+        "Versions merged from elsewhere, by source (replication, anti_entropy, recovery, read_repair) and outcome \
+         (created, updated, stale, conflict)"
+    );
+    describe_counter!("vkv_siblings_created_total", "Merges that kept a concurrent version beside the local one");
+    describe_counter!(
+        "vkv_write_conflicts_total",
+        "Client writes refused with 409: the replica held a version the write's context did not cover"
+    );
+    describe_counter!("vkv_read_repairs_total", "Quorum reads (?r=K) that found replicas behind and repaired them");
+    describe_counter!("vkv_anti_entropy_repairs_total", "Keys changed here by anti-entropy pulls");
+    describe_counter!("vkv_replicated_keys_total", "Keys delivered to a peer by this replica's sender");
+    describe_counter!("vkv_replication_failures_total", "Replication batches a peer did not answer");
+    describe_gauge!("vkv_outbox_depth", "Keys queued for a peer in this replica's durable outbox");
+    describe_gauge!("vkv_peer_up", "1 if the peer answered this replica's probe at the last scrape, else 0");
+    describe_gauge!("vkv_keys", "Keys this replica holds (tombstones included)");
+    describe_gauge!("vkv_recovering", "1 while this replica recovers its keys from the peers (writes refused)");
+    describe_gauge!("vkv_store_healthy", "1 if the store commits, 0 while it is failing (full disk, damage)");
+}
+
+/// Middleware: counts and times every request by its route template (`/kv/{key}`, never the
+/// key itself, so a label's values stay few) and status.
+pub(crate) async fn track(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let route = route.unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("vkv_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("vkv_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
+    response
+}
+
+/// `GET /metrics`: the state gauges read now, then every metric rendered.
+pub(crate) async fn serve(State(replica): State<Arc<Replica>>) -> Response {
+    let handle = install();
+    let healthy = replica.storage_problem().await.is_none();
+    gauge!("vkv_store_healthy").set(if healthy { 1.0 } else { 0.0 });
+    gauge!("vkv_recovering").set(if replica.is_recovering() { 1.0 } else { 0.0 });
+    // The status probe reads the store; a failing store leaves the last readings in place.
+    if let Ok(status) = replica.status().await {
+        gauge!("vkv_keys").set(status.keys as f64);
+        for peer in &status.peers {
+            let id = peer.id.to_string();
+            gauge!("vkv_outbox_depth", "peer" => id.clone()).set(peer.outbox_depth as f64);
+            gauge!("vkv_peer_up", "peer" => id).set(if peer.reachable { 1.0 } else { 0.0 });
+        }
+    }
+    handle.run_upkeep();
+    ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], handle.render()).into_response()
+}
