@@ -52,7 +52,7 @@ mod sync;
 
 // The public surface: the modules tools and tests outside the crate use, under flat names.
 pub use crate::core::{clock, cluster, show, versions};
-pub use crate::net::{api, auth, client, peer, protocol, server};
+pub use crate::net::{api, auth, client, exporter, openapi, peer, protocol, server};
 pub use crate::node::{coordinator, replica};
 pub use crate::storage::store;
 pub use crate::sync::{anti_entropy, recovery, sender, start as start_background, Background};

@@ -17,7 +17,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("node", &["core", "error", "storage", "net::protocol", "net::auth", "net::peer"]),
     ("sync", &["core", "error", "storage", "net::protocol", "net::auth", "net::peer", "node"]),
     ("net::server", &["net::protocol"]),
-    ("net::api", &["core", "error", "net::protocol", "net::auth", "net::server", "net::exporter", "node", "sync"]),
+    (
+        "net::api",
+        &[
+            "core",
+            "error",
+            "net::protocol",
+            "net::auth",
+            "net::server",
+            "net::exporter",
+            "net::openapi",
+            "node",
+            "sync",
+        ],
+    ),
+    ("net::openapi", &["core", "net::api", "net::exporter", "node"]),
     ("net::exporter", &["node"]),
 ];
 
@@ -29,6 +43,7 @@ const MODULES: &[&str] = &[
     "net::server",
     "net::api",
     "net::exporter",
+    "net::openapi",
     "core",
     "error",
     "storage",

@@ -46,8 +46,9 @@ pub enum Causality {
 
 /// A vector of N counters, position `i` counting the writes coordinated by the replica at
 /// position `i` of the cluster order. Serialised as a plain JSON array: `[3, 1, 3]`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(example = json!([3, 1, 3, 0, 0]))]
 pub struct VectorClock(Vec<u64>);
 
 impl VectorClock {

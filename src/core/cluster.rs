@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub type ReplicaId = u32;
 
 /// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     /// 1-based place in the cluster order.
     pub id: ReplicaId,

@@ -117,14 +117,32 @@ impl Version {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// One version on the wire: a value, or `"deleted": true` for a tombstone, and its clock.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Version)]
 struct VersionWire {
+    /// The value (absent for a tombstone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     value: Option<String>,
+    /// True for a tombstone: the key was deleted at `clock` (absent for a value).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
     clock: VectorClock,
+}
+
+// The OpenAPI schema of a version is its wire form's.
+impl utoipa::PartialSchema for Version {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <VersionWire as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for Version {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <VersionWire as utoipa::ToSchema>::schemas(schemas)
+    }
 }
 
 impl TryFrom<VersionWire> for Version {

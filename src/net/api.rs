@@ -3,6 +3,9 @@
 //! Nothing here decides anything about causality; handlers parse, call the replica, and render.
 //! Every error, including axum's own extractor rejections (bad path encoding, oversized body,
 //! unknown route), leaves as `{"error": "..."}` with a 4xx/5xx status.
+//!
+//! Size: every route's handler with its OpenAPI annotation (the description is generated from
+//! them, see `openapi`), the one error mapping, and the peer routes' gate and signed extractor.
 
 use std::sync::Arc;
 
@@ -20,11 +23,12 @@ use tracing::{error, warn};
 
 use crate::error::Error;
 use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
-use crate::net::exporter;
 use crate::net::protocol::{
-    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, PeerRequest,
-    ReadQuery, ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
+    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HealthBody, HelloRequest, KeyErrorBody, PeerReadRequest,
+    PeerRequest, ReadQuery, ReadResponse, ReplicateRequest, StatusResponse, WriteQuery, WriteRequest, WriteResponse,
+    MAX_REPLICATE_BODY_BYTES,
 };
+use crate::net::{exporter, openapi};
 use crate::node::coordinator;
 use crate::node::replica::Replica;
 use crate::sync::anti_entropy::{serve_digest, serve_entries};
@@ -103,7 +107,18 @@ fn from_query(rejection: QueryRejection) -> AppError {
     AppError(Error::InvalidInput(format!("bad query: {}", rejection.body_text())))
 }
 
-async fn read_key(
+/// `GET /kv/{key}`: the key's value and clock, or every concurrent version and their context.
+#[utoipa::path(get, path = "/kv/{key}", tag = "keys",
+    params(("key" = String, Path, description = "The key: 1 to 1024 bytes of UTF-8, not `.` or `..` (longer: 413)",
+        min_length = 1), ReadQuery),
+    responses(
+        (status = 200, description = "The versions (several: a conflict) and the context to write back with",
+            body = ReadResponse),
+        (status = 404, description = "Not found or deleted; the context for a first write", body = KeyErrorBody),
+        (status = 400, description = "Bad key or query", body = ErrorBody),
+        (status = 413, description = "The key is longer than 1024 bytes", body = ErrorBody),
+        (status = 503, description = "`r` replicas did not answer", body = ErrorBody)))]
+pub(crate) async fn read_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<ReadQuery>, QueryRejection>,
@@ -121,7 +136,21 @@ async fn read_key(
     Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }).into_response())
 }
 
-async fn write_key(
+/// `PUT /kv/{key}`: writes a value, answered once it is durable here (and at `w` replicas).
+#[utoipa::path(put, path = "/kv/{key}", tag = "keys",
+    params(("key" = String, Path, description = "The key: 1 to 1024 bytes of UTF-8, not `.` or `..` (longer: 413)",
+        min_length = 1), WriteQuery),
+    request_body = WriteRequest,
+    responses(
+        (status = 200, description = "Written and durable: the new version's clock", body = WriteResponse),
+        (status = 400, description = "Bad key, query, body or context", body = ErrorBody),
+        (status = 409, description = "The context does not cover a version the replica holds: nothing was written",
+            body = KeyErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The key, the value or the body is too large", body = ErrorBody),
+        (status = 503, description = "Recovering (nothing written), or `w` not met: then `written` is true and \
+            `clock` is the write's, durable here", body = ErrorBody)))]
+pub(crate) async fn write_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<WriteQuery>, QueryRejection>,
@@ -133,7 +162,21 @@ async fn write_key(
     Ok(Json(coordinator::write(&replica, key, Some(request.value), request.context, query.w).await?))
 }
 
-async fn delete_key(
+/// `DELETE /kv/{key}`: writes a tombstone, which replicates and conflicts like a value.
+#[utoipa::path(delete, path = "/kv/{key}", tag = "keys",
+    params(("key" = String, Path, description = "The key: 1 to 1024 bytes of UTF-8, not `.` or `..` (longer: 413)",
+        min_length = 1), WriteQuery),
+    request_body(content = Option<DeleteRequest>, description = "Optional: the context read"),
+    responses(
+        (status = 200, description = "Deleted (a tombstone), durable: its clock", body = WriteResponse),
+        (status = 400, description = "Bad key, query, body or context", body = ErrorBody),
+        (status = 409, description = "The context does not cover a version the replica holds: nothing was written",
+            body = KeyErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The key, the value or the body is too large", body = ErrorBody),
+        (status = 503, description = "Recovering (nothing written), or `w` not met: then `written` is true and \
+            `clock` is the write's, durable here", body = ErrorBody)))]
+pub(crate) async fn delete_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<WriteQuery>, QueryRejection>,
@@ -141,7 +184,9 @@ async fn delete_key(
 ) -> Result<Json<WriteResponse>, AppError> {
     let Path(key) = key.map_err(from_path)?;
     let Query(query) = query.map_err(from_query)?;
-    let request: DeleteRequest = parse(&body.map_err(from_body)?, Some(DeleteRequest::default()))?;
+    // No body, `null` and `{}` all mean a delete without a context.
+    let request: Option<DeleteRequest> = parse(&body.map_err(from_body)?, Some(None))?;
+    let request = request.unwrap_or_default();
     Ok(Json(coordinator::write(&replica, key, None, request.context, query.w).await?))
 }
 
@@ -245,30 +290,54 @@ async fn entries(State(replica): Shared, Signed(request): Signed<EntriesRequest>
 /// `/livez`: 200 whenever the process answers HTTP at all — its event loop runs, whatever the
 /// state of its store. A failed liveness check means restart the process; a failing store or a
 /// recovery in progress is not cured by a restart, so it does not fail this check.
-async fn livez(State(replica): Shared) -> Response {
-    Json(serde_json::json!({"status": "alive", "replica": replica.id(), "cluster": replica.cluster_id()}))
-        .into_response()
+#[utoipa::path(get, path = "/livez", tag = "operations",
+    responses((status = 200, description = "The process answers", body = HealthBody)))]
+pub(crate) async fn livez(State(replica): Shared) -> Json<HealthBody> {
+    Json(HealthBody {
+        status: "alive".into(),
+        replica: replica.id(),
+        cluster: replica.cluster_id().to_string(),
+        error: None,
+    })
 }
 
 /// `/readyz` and `/health`: 200 when serving reads and writes; 503 while recovering from the
 /// peers (reads only), or when the store is failing (full disk, damage) — take the replica out
 /// of a load balancer's rotation, do not restart it.
-async fn health(State(replica): Shared) -> Response {
-    let (id, cluster) = (replica.id(), replica.cluster_id());
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Serving reads and writes", body = HealthBody),
+    (status = 503, description = "Recovering (reads only) or the store is failing", body = HealthBody)))]
+pub(crate) async fn readyz(state: Shared) -> Response {
+    health(state).await
+}
+
+/// `/health`: the same answer as `/readyz`.
+#[utoipa::path(get, path = "/health", tag = "operations", responses(
+    (status = 200, description = "Serving reads and writes", body = HealthBody),
+    (status = 503, description = "Recovering (reads only) or the store is failing", body = HealthBody)))]
+pub(crate) async fn health(State(replica): Shared) -> Response {
+    let body = |status: &str, error: Option<String>| HealthBody {
+        status: status.into(),
+        replica: replica.id(),
+        cluster: replica.cluster_id().to_string(),
+        error,
+    };
     if let Some(problem) = replica.storage_problem().await {
-        let body = serde_json::json!({"status": "unhealthy", "error": format!("the store is failing: {problem}"),
-            "replica": id, "cluster": cluster});
+        let body = body("unhealthy", Some(format!("the store is failing: {problem}")));
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     if replica.is_recovering() {
-        let body = serde_json::json!({"status": "recovering", "error": "recovering from peers: writes are refused",
-            "replica": id, "cluster": cluster});
+        let body = body("recovering", Some("recovering from peers: writes are refused".into()));
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(serde_json::json!({"status": "ok", "replica": id, "cluster": cluster})).into_response()
+    Json(body("ok", None)).into_response()
 }
 
-async fn status(State(replica): Shared) -> Result<Response, AppError> {
+/// `/status`: this replica's view of the cluster, its peers probed now.
+#[utoipa::path(get, path = "/status", tag = "operations", responses(
+    (status = 200, description = "Members, outbox depth and reachability per peer, key count", body = StatusResponse),
+    (status = 500, description = "The store cannot be read", body = ErrorBody)))]
+pub(crate) async fn status(State(replica): Shared) -> Result<Response, AppError> {
     Ok(Json(replica.status().await?).into_response())
 }
 
@@ -306,7 +375,8 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
         .merge(peer_routes)
         .route("/health", get(health))
-        .route("/readyz", get(health))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::serve))
         .route("/livez", get(livez))
         .route("/status", get(status))
         .route("/metrics", get(exporter::serve))

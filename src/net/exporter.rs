@@ -112,6 +112,9 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: the state gauges read now, then every metric rendered.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub(crate) async fn serve(State(replica): State<Arc<Replica>>) -> Response {
     let handle = install();
     let healthy = replica.storage_problem().await.is_none();

@@ -8,7 +8,8 @@
 //! - `api`: the HTTP edge, axum routes and JSON errors (may use anything below it: `core`,
 //!   `error`, `protocol`, `auth`, `node`);
 //! - `server`: the connection layer under the app (may use `protocol`);
-//! - `exporter`: `GET /metrics`, the Prometheus exposition (may use `node`, like `api`).
+//! - `exporter`: `GET /metrics`, the Prometheus exposition (may use `node`, like `api`);
+//! - `openapi`: `GET /openapi.json`, generated from `api`'s handlers and the protocol types.
 //!
 //! Lower modules of `net` never use `node` or `sync`; only `api` sits above the node.
 
@@ -16,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod exporter;
+pub mod openapi;
 pub mod peer;
 pub mod protocol;
 pub mod server;

@@ -29,7 +29,7 @@ pub const MAX_REPLICATE_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_VALUE_BYTES_LIMIT: usize = (MAX_REPLICATE_BODY_BYTES - 64 * 1024) / 6;
 
 /// `PUT /kv/{key}` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteRequest {
     /// The new value.
@@ -42,7 +42,7 @@ pub struct WriteRequest {
 }
 
 /// `DELETE /kv/{key}` body (optional).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteRequest {
     /// The clock the client read; as for [`WriteRequest::context`].
@@ -51,7 +51,7 @@ pub struct DeleteRequest {
 }
 
 /// Answer to a PUT or DELETE: the clock of the new version, sent once it is durable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WriteResponse {
     /// The key written.
     pub key: String,
@@ -65,7 +65,7 @@ pub struct WriteResponse {
 }
 
 /// Answer to `GET /kv/{key}`: every version (one unless there is a conflict) and the context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadResponse {
     /// The key read.
     pub key: String,
@@ -87,7 +87,7 @@ impl ReadResponse {
 /// error. On a 404 `versions` is empty and `context` is the join of the key's tombstones (all
 /// zeros for a key never written), so a writer always has a context to send; on a 409
 /// `versions` holds every version the replica has for the key, tombstones included.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyErrorBody {
     /// What went wrong, for a person.
     pub error: String,
@@ -97,7 +97,7 @@ pub struct KeyErrorBody {
 }
 
 /// Body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
@@ -209,23 +209,42 @@ pub struct PeerReadResponse {
 }
 
 /// Query of `PUT`/`DELETE /kv/{key}`: `?w=K` waits for K replicas (this one included).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WriteQuery {
-    /// Replicas that must hold the write before the answer.
+    /// Replicas that must hold the write before the answer (1..=N, this one included).
+    #[param(minimum = 1)]
     pub w: Option<usize>,
 }
 
 /// Query of `GET /kv/{key}`: `?r=K` merges the sets of K replicas (this one included).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadQuery {
-    /// Replicas to read.
+    /// Replicas to read (1..=N, this one included).
+    #[param(minimum = 1)]
     pub r: Option<usize>,
 }
 
+/// Answer to `GET /health`, `/readyz` and `/livez`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    /// `ok` (serving reads and writes), `recovering` (reads only), `unhealthy` (the store is
+    /// failing), or `alive` (`/livez`: the process answers).
+    pub status: String,
+    /// This replica's id.
+    pub replica: ReplicaId,
+    /// The cluster id (see [`StatusResponse::cluster`]).
+    pub cluster: String,
+    /// Why the replica is not ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Answer to `GET /status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResponse {
     /// This replica's id.
     pub replica: ReplicaId,
@@ -247,7 +266,7 @@ pub struct StatusResponse {
 }
 
 /// One peer as seen from a replica.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerStatus {
     /// The peer's id.
     pub id: ReplicaId,
