@@ -17,7 +17,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("node", &["core", "error", "storage", "net::protocol", "net::auth", "net::peer"]),
     ("sync", &["core", "error", "storage", "net::protocol", "net::auth", "net::peer", "node"]),
     ("net::server", &["net::protocol"]),
-    ("net::api", &["core", "error", "net::protocol", "net::auth", "net::server", "node", "sync"]),
+    ("net::api", &["core", "error", "net::protocol", "net::auth", "net::server", "net::page", "node", "sync"]),
+    ("net::page", &["core", "error", "net::protocol", "net::api", "node"]),
 ];
 
 const MODULES: &[&str] = &[
@@ -27,6 +28,7 @@ const MODULES: &[&str] = &[
     "net::client",
     "net::server",
     "net::api",
+    "net::page",
     "core",
     "error",
     "storage",

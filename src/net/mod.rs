@@ -7,6 +7,8 @@
 //! - `client`: the typed client library of the public API (may use `core`, `protocol`);
 //! - `api`: the HTTP edge, axum routes and JSON errors (may use anything below it: `core`,
 //!   `error`, `protocol`, `auth`, `node`);
+//! - `page`: the live cluster page and `GET /decisions`, part of the HTTP edge (may use what
+//!   `api` uses, and `api`'s error);
 //! - `server`: the connection layer under the app (may use `protocol`).
 //!
 //! Lower modules of `net` never use `node` or `sync`; only `api` sits above the node.
@@ -14,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod page;
 pub mod peer;
 pub mod protocol;
 pub mod server;
