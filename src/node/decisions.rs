@@ -43,7 +43,8 @@ pub struct Decision {
     /// The value written or received, shortened as in the log (`(delete)` for a delete; absent
     /// when the decision does not carry one).
     pub value: Option<String>,
-    /// The local clocks before the decision.
+    /// The local clocks before a merge or a refusal (empty for a new key, and for a write: its
+    /// line says how many versions it superseded, not which).
     pub local: Vec<VectorClock>,
     /// The clock received (a merge), assigned (a write) or sent as context (a refused write).
     pub clock: Option<VectorClock>,
@@ -308,4 +309,22 @@ pub(crate) fn pulled(log: &DecisionLog, source: MergeSource, r: &MergeRecord) {
         r.received,
         r.outcome
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_the_newest_decisions_up_to_its_capacity() {
+        let log = DecisionLog::with_capacity(3);
+        for i in 0..5 {
+            log.record(decision(&format!("k{i}"), "write", "client".into(), Vec::new()));
+        }
+        let keys: Vec<String> = log.latest(10).into_iter().map(|d| d.key).collect();
+        assert_eq!(keys, ["k4", "k3", "k2"], "newest first, the two oldest forgotten");
+        assert_eq!(log.latest(1)[0].key, "k4");
+        assert!(log.latest(1)[0].time_ms > 1_700_000_000_000, "stamped with the wall clock");
+        assert_eq!(DecisionLog::default().capacity(), DECISION_HISTORY);
+    }
 }
