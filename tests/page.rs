@@ -1,7 +1,8 @@
 //! The live cluster page in a real browser: five real replicas, one key in conflict, one replica
-//! stopped, and headless Chromium loading `/?key=K` from replica 1 — the DOM it renders after
-//! the page's own fetches (`--dump-dom`) must show the stopped replica as down, the others up,
-//! and the key's two siblings on every live replica.
+//! stopped, one recovering, and headless Chromium loading `/?key=K` from replica 1 — the DOM it
+//! renders after the page's own fetches (`--dump-dom`) must show the stopped replica as down,
+//! the recovering one as recovering, the others up, and the key's two siblings on the replicas
+//! that answer.
 //!
 //! Chromium is the Debian `chromium` package. Without it on PATH the test prints a SKIP line and
 //! passes, unless `VKV_REQUIRE_CHROMIUM=1` (CI), which turns the absence into a failure. Each
@@ -200,16 +201,39 @@ fn page_url(f: &Fixture, id: usize, key: &str) -> String {
     format!("http://{}/?key={}", f.cluster.address(id), utf8_percent_encode(key, NON_ALPHANUMERIC))
 }
 
-/// The story: a key in conflict on a five-replica cluster, then replica 5 stopped. Chromium
-/// opens the deep link on replica 1; the rendered page shows replica 5 down and 1–4 up, the
-/// key (decoded from the link), its two siblings on each live replica — the markup-looking
-/// value as text, not as an element — and the conflict among the recent decisions. A second
-/// run takes a screenshot.
+/// Stops replica 4 (down) and restarts replica 5 on an empty data dir (its disk lost): it
+/// recovers by pulling every key from every peer, and with replica 4 down it stays recovering
+/// (reads served, writes refused) until 4 returns. Waits until 5 says so on `/health`.
+async fn one_down_one_recovering(f: &mut Fixture) {
+    f.cluster.stop(4, Stop::Clean).unwrap();
+    f.cluster.stop(5, Stop::Clean).unwrap();
+    std::fs::remove_dir_all(f.cluster.data_dir(5)).unwrap();
+    f.cluster.start(5).unwrap();
+    let health = format!("http://{}/health", f.cluster.address(5));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let answer = match reqwest::get(&health).await {
+            Ok(response) => response.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        if answer.is_some_and(|body| body["status"] == "recovering") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica 5 never said it was recovering\n{}", f.dump_logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The story: a key in conflict on a five-replica cluster, then replica 4 stopped and replica 5
+/// recovering from a lost disk. Chromium opens the deep link on replica 1; the rendered page
+/// shows replica 4 down, 5 recovering and 1–3 up, the key (decoded from the link), its two
+/// siblings on each of 1–3 — the markup-looking value as text, not as an element — and the
+/// conflict among the recent decisions. A second run takes a screenshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_shows_a_stopped_replica_down_and_a_conflicted_key_on_every_replica() {
+async fn the_page_shows_a_replica_down_one_recovering_and_a_conflicted_key_side_by_side() {
     let Some(chromium) = chromium() else { return };
     let mut f = cluster_with_conflict(KEY, VALUE_A, VALUE_B).await;
-    f.cluster.stop(5, Stop::Clean).unwrap();
+    one_down_one_recovering(&mut f).await;
     let url = page_url(&f, 1, KEY);
     let scratch = f.root.path().to_path_buf();
 
@@ -220,14 +244,15 @@ async fn the_page_shows_a_stopped_replica_down_and_a_conflicted_key_on_every_rep
     .await
     .unwrap();
     let text = |id: &str| element_text(&dom, id).unwrap_or_else(|| panic!("no #{id} in the page:\n{dom}"));
-    assert_eq!(text("member-5-state"), "down", "{dom}");
-    for id in 1..=4 {
+    assert_eq!(text("member-4-state"), "down", "{dom}");
+    assert_eq!(text("member-5-state"), "recovering", "{dom}");
+    for id in 1..=3 {
         assert_eq!(text(&format!("member-{id}-state")), "up", "replica {id}:\n{dom}");
     }
     assert_eq!(text("self"), "1");
     assert_eq!(text("inspected-key"), format!("{KEY:?}").replace('&', "&amp;"), "the deep link's key, decoded");
-    assert!(text("inspect-5").contains("down"), "{dom}");
-    for id in 1..=4 {
+    assert_eq!(text("inspect-4"), "down", "{dom}");
+    for id in 1..=3 {
         let cell = text(&format!("inspect-{id}"));
         assert!(cell.contains("2 siblings"), "replica {id}: {cell}");
         assert!(cell.contains("\"&lt;b&gt;two&lt;/b&gt;\"") && cell.contains("\"three\""), "replica {id}: {cell}");
@@ -264,7 +289,7 @@ async fn committed_screenshot() {
         f.cluster.client(id).put(key, value, context).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    f.cluster.stop(5, Stop::Clean).unwrap();
+    one_down_one_recovering(&mut f).await;
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("report/ui/cluster-page.png");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let url = page_url(&f, 1, "cart");
