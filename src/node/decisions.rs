@@ -237,13 +237,9 @@ fn record_merge(log: &DecisionLog, source: MergeSource, r: &MergeRecord, value: 
 /// The decision line for one version merged from replica `from`: what the local clocks were,
 /// what arrived, and what the merge did, with the decision and the key as fields.
 pub(crate) fn merge(log: &DecisionLog, from: ReplicaId, r: &MergeRecord, v: &Version) {
-    record_merge(log, MergeSource::Replication(from), r, Some(preview(v.value.as_deref())));
-    let head = format!(
-        "local {} vs received {} {} from replica {from} →",
-        show_clocks(&r.local),
-        preview(v.value.as_deref()),
-        r.received
-    );
+    let shown = preview(v.value.as_deref());
+    let head = format!("local {} vs received {shown} {} from replica {from} →", show_clocks(&r.local), r.received);
+    record_merge(log, MergeSource::Replication(from), r, Some(shown));
     let key = &r.key;
     match r.outcome {
         MergeOutcome::Created => info!(decision = "created", key = ?key, "{head} new key, stored"),
