@@ -79,8 +79,7 @@ impl DecisionLog {
     }
 
     /// Remembers `decision`, forgetting the oldest one when full.
-    fn record(&self, mut decision: Decision) {
-        decision.time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    fn record(&self, decision: Decision) {
         // A panic while holding the lock cannot leave the deque half-updated: use it anyway.
         let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if recent.len() == self.capacity {
@@ -96,9 +95,11 @@ impl DecisionLog {
     }
 }
 
-/// A decision about `key` with every optional field empty, for the recorders to fill in.
+/// A decision about `key` taken now, with every optional field empty, for the recorders to fill in.
 fn decision(key: &str, outcome: &'static str, source: String, local: Vec<VectorClock>) -> Decision {
-    Decision { time_ms: 0, key: key.to_string(), outcome, source, value: None, local, clock: None, siblings: None }
+    // A wall clock before 1970 is a broken host, not a reason to fail a write: it shows as 0.
+    let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Decision { time_ms, key: key.to_string(), outcome, source, value: None, local, clock: None, siblings: None }
 }
 
 /// A value shortened for a log line (`(delete)` for a delete).
