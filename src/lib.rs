@@ -16,6 +16,7 @@
 //! ```text
 //!   bin/        vkv-server (wires a replica, its background tasks and the HTTP server), vkv (CLI)
 //!   net::api    HTTP edge: axum routes, JSON errors             uses node, sync, net::{protocol,auth}
+//!   net::page   the live cluster page (GET /), GET /decisions   uses node, net::api (its error)
 //!   net::server connections: timeouts, cap, bounded shutdown    uses net::protocol
 //!   sync/       senders, anti-entropy (both sides), recovery    uses node, net::peer, storage
 //!   node/       replica (write and merge paths, decision log),  uses net::peer, storage

@@ -27,12 +27,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "net::server",
             "net::exporter",
             "net::openapi",
+            "net::page",
             "node",
             "sync",
         ],
     ),
-    ("net::openapi", &["core", "net::api", "net::exporter", "node"]),
+    ("net::openapi", &["core", "net::api", "net::exporter", "net::page", "node"]),
     ("net::exporter", &["node"]),
+    ("net::page", &["core", "error", "net::protocol", "net::api", "node"]),
 ];
 
 const MODULES: &[&str] = &[
@@ -44,6 +46,7 @@ const MODULES: &[&str] = &[
     "net::api",
     "net::exporter",
     "net::openapi",
+    "net::page",
     "core",
     "error",
     "storage",

@@ -29,6 +29,8 @@ fn every_client_route_is_described_with_the_clusters_limits() {
         ("/livez", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/", "get"),
+        ("/decisions", "get"),
     ] {
         let op = operation(&doc, path, method);
         assert!(op["responses"]["200"].is_object(), "{method} {path}: {op}");

@@ -23,6 +23,7 @@ use tracing::{error, warn};
 
 use crate::error::Error;
 use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
+use crate::net::page::{self, read_only_cors};
 use crate::net::protocol::{
     DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HealthBody, HelloRequest, KeyErrorBody, PeerReadRequest,
     PeerRequest, ReadQuery, ReadResponse, ReplicateRequest, StatusResponse, WriteQuery, WriteRequest, WriteResponse,
@@ -372,14 +373,24 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .route("/peer/entries", post(entries))
         .route_layer(middleware::from_fn_with_state(replica.clone(), peer_gate));
     Router::new()
-        .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
+        // The read-only client routes carry CORS (GET only) so the cluster page can read every member.
+        .route(
+            "/kv/{key}",
+            get(read_key)
+                .put(write_key)
+                .delete(delete_key)
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(client_limit))
+                .layer(read_only_cors()),
+        )
         .merge(peer_routes)
-        .route("/health", get(health))
+        .route("/health", get(health).layer(read_only_cors()))
         .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi::serve))
         .route("/livez", get(livez))
-        .route("/status", get(status))
+        .route("/status", get(status).layer(read_only_cors()))
         .route("/metrics", get(exporter::serve))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/decisions", get(page::decisions).layer(read_only_cors()))
+        .route("/", get(page::page))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {

@@ -7,6 +7,8 @@
 //! - `client`: the typed client library of the public API (may use `core`, `protocol`);
 //! - `api`: the HTTP edge, axum routes and JSON errors (may use anything below it: `core`,
 //!   `error`, `protocol`, `auth`, `node`);
+//! - `page`: the live cluster page and `GET /decisions`, part of the HTTP edge (may use what
+//!   `api` uses, and `api`'s error);
 //! - `server`: the connection layer under the app (may use `protocol`);
 //! - `exporter`: `GET /metrics`, the Prometheus exposition (may use `node`, like `api`);
 //! - `openapi`: `GET /openapi.json`, generated from `api`'s handlers and the protocol types.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod client;
 pub mod exporter;
 pub mod openapi;
+pub mod page;
 pub mod peer;
 pub mod protocol;
 pub mod server;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::core::clock::MAX_COUNTER;
-use crate::net::{api, exporter};
+use crate::net::{api, exporter, page};
 use crate::node::replica::Replica;
 
 /// The description, assembled from every annotated handler.
@@ -34,6 +34,8 @@ use crate::node::replica::Replica;
         api::readyz,
         api::livez,
         exporter::serve,
+        page::page,
+        page::decisions,
         serve
     ),
     tags(

@@ -31,8 +31,8 @@ use crate::net::peer::PeerClient;
 use crate::net::protocol::{
     PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse, MAX_BATCH_KEYS,
 };
-use crate::node::decisions;
 pub use crate::node::decisions::MergeSource;
+use crate::node::decisions::{self, ClientWrite, DecisionLog};
 pub use crate::node::link::PeerLink;
 pub use crate::node::validate::validate_key;
 use crate::storage::on_store;
@@ -78,6 +78,8 @@ pub struct Replica {
     anti_entropy: Option<AntiEntropyConfig>,
     /// True from the start on an empty data dir until every peer's keys were pulled.
     recovering: AtomicBool,
+    /// The recent decisions, for `GET /decisions` (shared with the group-commit closures).
+    decisions: Arc<DecisionLog>,
 }
 
 impl Replica {
@@ -101,6 +103,7 @@ impl Replica {
             max_value_bytes: config.max_value_bytes,
             anti_entropy: config.anti_entropy,
             recovering: AtomicBool::new(recovering),
+            decisions: Arc::default(),
         }))
     }
 
@@ -124,6 +127,11 @@ impl Replica {
         self.blocking(|store| store.mark_recovered()).await?;
         self.recovering.store(false, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The last decisions this replica took (writes, refusals, merges), newest last.
+    pub fn decisions(&self) -> &DecisionLog {
+        &self.decisions
     }
 
     /// The cluster key peer requests must be signed with (`None`: `--insecure`).
@@ -197,25 +205,28 @@ impl Replica {
         self.check_context(context.as_ref())?;
         let (n, position) = (self.layout.n(), self.layout.me().position());
         let links = self.links.clone();
+        let shown = decisions::preview(value.as_deref());
         let mut what = match &value {
-            Some(_) => format!("client write {}", decisions::preview(value.as_deref())),
+            Some(_) => format!("client write {shown}"),
             None => "client delete".to_string(),
         };
         if let Some(ctx) = &context {
             what = format!("{what} with context {ctx}");
         }
-        let (job_key, decided_key, decided_what) = (key.clone(), key.clone(), what.clone());
+        let job_key = key.clone();
+        let write = Arc::new(ClientWrite { key, shown, what });
+        let (decided, log, decided_log) = (write.clone(), self.decisions.clone(), self.decisions.clone());
         let decide = move |current: &SiblingSet| {
-            let clock = current.client_write(n, context.as_ref(), position).map_err(|refusal| {
-                decisions::refused(n, &decided_key, &decided_what, current, context.as_ref(), refusal)
-            })?;
+            let clock = current
+                .client_write(n, context.as_ref(), position)
+                .map_err(|refusal| decisions::refused(&decided_log, n, &decided, current, context.as_ref(), refusal))?;
             let version = Version { clock: clock.clone(), value };
             Ok((SiblingSet::single(version), (clock, current.len())))
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
         let done = move |outcome: Result<(VectorClock, usize)>| {
             if let Ok((clock, replaced)) = &outcome {
-                decisions::written(&key, &what, clock, *replaced);
+                decisions::written(&log, &write, clock, *replaced);
                 for link in &links {
                     link.wake();
                 }
@@ -256,7 +267,7 @@ impl Replica {
         let mut changed = 0;
         for (record, version) in records.iter().zip(versions) {
             changed += usize::from(record.outcome.changed());
-            decisions::merge(from, record, version);
+            decisions::merge(&self.decisions, from, record, version);
         }
         // The peer is evidently up: if our sender to it is backing off, let it retry now.
         if let Some(link) = self.links.iter().find(|l| l.member.id == from) {
@@ -307,7 +318,7 @@ impl Replica {
         for r in &records {
             decisions::count_merge(source, r.outcome);
             if r.outcome.changed() {
-                decisions::pulled(source, r);
+                decisions::pulled(&self.decisions, source, r);
             }
         }
         Ok(changed)
