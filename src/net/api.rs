@@ -21,8 +21,9 @@ use tracing::{error, warn};
 use crate::error::Error;
 use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
 use crate::net::protocol::{
-    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, PeerReadRequest, PeerRequest,
-    ReadQuery, ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
+    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HelloRequest, KeyErrorBody, KeyListResponse, ListQuery,
+    PeerReadRequest, PeerRequest, ReadQuery, ReadResponse, ReplicateRequest, WriteQuery, WriteRequest, WriteResponse,
+    MAX_REPLICATE_BODY_BYTES,
 };
 use crate::node::coordinator;
 use crate::node::replica::Replica;
@@ -113,6 +114,15 @@ async fn read_key(
         return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
     }
     Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }).into_response())
+}
+
+/// `GET /kv?prefix=P&after=K&limit=N[&deleted=true]`: one page of keys (unknown parameters: 400).
+async fn list_keys(
+    State(replica): Shared,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<KeyListResponse>, AppError> {
+    let Query(query) = query.map_err(from_query)?;
+    Ok(Json(replica.list(query).await?))
 }
 
 async fn write_key(
@@ -287,6 +297,8 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .route("/peer/entries", post(entries))
         .route_layer(middleware::from_fn_with_state(replica.clone(), peer_gate));
     Router::new()
+        .route("/kv", get(list_keys))
+        .route("/kv/", get(list_keys))
         .route("/kv/{key}", get(read_key).put(write_key).delete(delete_key).layer(DefaultBodyLimit::max(client_limit)))
         .merge(peer_routes)
         .route("/health", get(health))

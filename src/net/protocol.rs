@@ -224,6 +224,34 @@ pub struct ReadQuery {
     pub r: Option<usize>,
 }
 
+/// Keys `GET /kv` returns when the request names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// Largest `limit` of `GET /kv`: bounds the page a replica builds for one request.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Query of `GET /kv` (and `GET /kv/`): one page of keys in byte order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only keys starting with this.
+    pub prefix: Option<String>,
+    /// Only keys strictly after this one: the previous page's `next`.
+    pub after: Option<String>,
+    /// Most keys in the page: 1 to [`MAX_LIST_LIMIT`], default [`DEFAULT_LIST_LIMIT`].
+    pub limit: Option<usize>,
+    /// Also list keys whose every version is a tombstone.
+    pub deleted: Option<bool>,
+}
+
+/// Answer to `GET /kv`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyListResponse {
+    /// The keys, in byte order.
+    pub keys: Vec<String>,
+    /// The last key of this page when more follow (pass it as `after`), else `null`.
+    pub next: Option<String>,
+}
+
 /// Answer to `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusResponse {
