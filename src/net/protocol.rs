@@ -96,6 +96,18 @@ pub struct KeyErrorBody {
     pub state: ReadResponse,
 }
 
+/// Body of the `503` that answers a write whose `?w=K` was not met in time: the write is durable
+/// at the coordinator and queued for every peer — only the extra guarantee is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// Always true: the write happened at the coordinator.
+    pub written: bool,
+    /// The written version's clock.
+    pub clock: VectorClock,
+}
+
 /// Body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
