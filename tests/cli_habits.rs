@@ -245,6 +245,8 @@ fn server_env_failover_and_what_is_not_vkv() {
     json_failure(&vkv(&["--server", &live, "--json", "put", "", "v"]), 2);
     json_failure(&vkv(&["--server", "ftp://x", "--json", "get", "k"]), 2);
     json_failure(&vkv(&["--server", &live, "--json", "frobnicate"]), 2);
+    let json = json_failure(&vkv(&["--json"]), 2);
+    assert!(json["error"].as_str().unwrap().contains("requires a subcommand"), "{json}");
 }
 
 /// `vkv list` pages through every key (any page size), one escaped key per line, so a key with a

@@ -59,6 +59,40 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::cluster::Layout;
+    use crate::core::versions::{SiblingSet, Version};
+
+    /// A store of a one-member cluster holding `live` keys and `deleted` tombstone-only keys.
+    fn store_with(dir: &std::path::Path, live: &[&str], deleted: &[&str]) -> Store {
+        let layout = Layout::from_flags("127.0.0.1", 7000, 1, &[], &[]).unwrap();
+        let store = Store::open(dir, &layout).unwrap();
+        for (key, value) in live.iter().map(|k| (k, Some("v"))).chain(deleted.iter().map(|k| (k, None))) {
+            store
+                .write_local(key, |current| {
+                    let clock = current.client_write(1, None, 0).unwrap();
+                    let version = Version { clock, value: value.map(String::from) };
+                    Ok((SiblingSet::single(version), ()))
+                })
+                .unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn a_page_holds_the_prefix_keys_after_the_cursor_in_byte_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), &["b/2", "b/1", "a", "b", "b0", "c", "b/3"], &["b/15"]);
+        let page = |prefix, after, limit, deleted| store.list_keys(prefix, after, limit, deleted).unwrap();
+        let keys = |p: KeyPage| p.keys;
+        assert_eq!(keys(page("", None, 100, false)), ["a", "b", "b/1", "b/2", "b/3", "b0", "c"]);
+        assert_eq!(keys(page("b/", None, 100, false)), ["b/1", "b/2", "b/3"]);
+        assert_eq!(keys(page("b/", None, 100, true)), ["b/1", "b/15", "b/2", "b/3"]);
+        assert_eq!(page("b/", Some("b/1"), 1, false), KeyPage { keys: vec!["b/2".into()], more: true });
+        assert_eq!(page("b/", Some("b/2"), 1, false), KeyPage { keys: vec!["b/3".into()], more: false });
+        assert_eq!(page("b/", Some("b/3"), 1, false), KeyPage { keys: vec![], more: false });
+        assert_eq!(page("b/", Some("a"), 2, false), KeyPage { keys: vec!["b/1".into(), "b/2".into()], more: true });
+        assert_eq!(keys(page("z", None, 5, true)), Vec::<String>::new());
+    }
 
     #[test]
     fn the_scan_starts_at_the_later_of_prefix_and_cursor() {
