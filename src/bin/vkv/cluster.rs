@@ -88,7 +88,8 @@ fn table(members: &[MemberHealth]) -> String {
             Some(error) => format!("- ({error})"),
             None => m.outbox_depth.iter().map(|(peer, depth)| format!("{peer}:{depth}")).collect::<Vec<_>>().join(" "),
         };
-        let _ = writeln!(text, "{:<3} {:<width$}  {state:<10}  {keys:>8}  {outbox}", m.id, m.address);
+        let line = format!("{:<3} {:<width$}  {state:<10}  {keys:>8}  {outbox}", m.id, m.address);
+        let _ = writeln!(text, "{}", line.trim_end());
     }
     text
 }
