@@ -572,7 +572,9 @@ async fn health_status_and_hello() {
 async fn unknown_routes_and_methods_get_json_errors() {
     let f = fixture();
     f.expect_error("GET", "/nope", None, StatusCode::NOT_FOUND, "no such route").await;
-    f.expect_error("GET", "/kv/", None, StatusCode::NOT_FOUND, "no such route").await;
+    // `/kv/` lists keys now (issue 12); a second path segment is still no route.
+    f.expect_error("GET", "/kv/a/b", None, StatusCode::NOT_FOUND, "no such route").await;
+    f.expect_error("POST", "/kv", Some("{}"), StatusCode::METHOD_NOT_ALLOWED, "method").await;
     f.expect_error("POST", "/kv/k", Some("{}"), StatusCode::METHOD_NOT_ALLOWED, "method").await;
 }
 

@@ -274,7 +274,16 @@ fn keys_are_escaped_in_logs_and_quoted_for_the_shell() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     // A NUL cannot be a process argument: this one goes over HTTP (percent-encoded).
     rt.block_on(cluster.client(1).put("nul\u{0}byte", "v\u{1b}[31m", None)).unwrap();
-    let log = std::fs::read(cluster.log_path(1)).unwrap();
+    // The server's log writer is a queue drained by its own thread: the line may land just after
+    // the answer. Wait for it (bounded) before reading the file.
+    let mut log = std::fs::read(cluster.log_path(1)).unwrap();
+    for _ in 0..100 {
+        if String::from_utf8_lossy(&log).contains("key=\"nul") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        log = std::fs::read(cluster.log_path(1)).unwrap();
+    }
     assert!(!log.contains(&0u8) && !log.contains(&0x1bu8), "a control byte reached the log");
     let log = String::from_utf8_lossy(&log);
     assert!(

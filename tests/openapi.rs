@@ -20,6 +20,7 @@ fn every_client_route_is_described_with_the_clusters_limits() {
     let doc = vkv::openapi::for_replica(5, 4096);
     assert_eq!(doc["openapi"], "3.1.0");
     for (path, method) in [
+        ("/kv", "get"),
         ("/kv/{key}", "get"),
         ("/kv/{key}", "put"),
         ("/kv/{key}", "delete"),

@@ -25,9 +25,9 @@ use crate::error::Error;
 use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
 use crate::net::page::{self, read_only_cors};
 use crate::net::protocol::{
-    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HealthBody, HelloRequest, KeyErrorBody, PeerReadRequest,
-    PeerRequest, ReadQuery, ReadResponse, ReplicateRequest, StatusResponse, WriteQuery, WriteRequest, WriteResponse,
-    MAX_REPLICATE_BODY_BYTES,
+    DeleteRequest, DigestRequest, EntriesRequest, ErrorBody, HealthBody, HelloRequest, KeyErrorBody, KeyListResponse,
+    ListQuery, PeerReadRequest, PeerRequest, ReadQuery, ReadResponse, ReplicateRequest, StatusResponse, WriteQuery,
+    WriteRequest, WriteResponse, MAX_REPLICATE_BODY_BYTES,
 };
 use crate::net::{exporter, openapi};
 use crate::node::coordinator;
@@ -135,6 +135,19 @@ pub(crate) async fn read_key(
         return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
     }
     Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }).into_response())
+}
+
+/// `GET /kv?prefix=P&after=K&limit=N[&deleted=true]`: one page of keys (unknown parameters: 400).
+#[utoipa::path(get, path = "/kv", tag = "keys", params(ListQuery), responses(
+    (status = 200, description = "One page of keys in byte order; `next` is the cursor for the next page",
+        body = KeyListResponse),
+    (status = 400, description = "A bad or unknown parameter", body = ErrorBody)))]
+pub(crate) async fn list_keys(
+    State(replica): Shared,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<KeyListResponse>, AppError> {
+    let Query(query) = query.map_err(from_query)?;
+    Ok(Json(replica.list(query).await?))
 }
 
 /// `PUT /kv/{key}`: writes a value, answered once it is durable here (and at `w` replicas).
@@ -344,7 +357,7 @@ pub(crate) async fn status(State(replica): Shared) -> Result<Response, AppError>
 
 async fn no_route() -> AppError {
     AppError(Error::NotFound(
-        "no such route; see GET/PUT/DELETE /kv/{key}, GET /status, GET /health, /livez, /readyz, /metrics".into(),
+        "no such route; see GET /kv (list), GET/PUT/DELETE /kv/{key}, GET /status, /health, /livez, /readyz, /metrics, /openapi.json, / (the cluster page)".into(),
     ))
 }
 
@@ -373,6 +386,8 @@ pub fn app(replica: Arc<Replica>) -> Router {
         .route("/peer/entries", post(entries))
         .route_layer(middleware::from_fn_with_state(replica.clone(), peer_gate));
     Router::new()
+        .route("/kv", get(list_keys))
+        .route("/kv/", get(list_keys))
         // The read-only client routes carry CORS (GET only) so the cluster page can read every member.
         .route(
             "/kv/{key}",

@@ -1,4 +1,13 @@
-//! A typed HTTP client for one replica: used by the `vkv` CLI, the driver and the tests.
+//! A typed HTTP client for one replica (or a list of them, tried in turn): used by the `vkv` CLI,
+//! the driver and the tests.
+//!
+//! Given several endpoints (`"a:7000,b:7000"`), a request goes to the next one only when the
+//! connection itself failed — nothing was sent, so trying elsewhere cannot apply a write twice.
+//! Any answer, a 4xx or 5xx included, is the answer. The endpoint that answered is used first from
+//! then on.
+//!
+//! Size: one type, the public API's every call, with the failover over endpoints and the mapping
+//! of answers (JSON bodies, statuses, transport errors) to [`ClientError`].
 //!
 //! Read-modify-write sends the context it read, so it can only replace what it saw; if the
 //! replica holds a version the read did not show, the write is refused with
@@ -26,15 +35,19 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{StatusCode, Url};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
 use crate::core::clock::VectorClock;
 use crate::net::protocol::{
-    DeleteRequest, ErrorBody, KeyErrorBody, ReadResponse, StatusResponse, WriteRequest, WriteResponse,
+    DeleteRequest, ErrorBody, KeyErrorBody, KeyListResponse, QuorumErrorBody, ReadResponse, StatusResponse,
+    WriteRequest, WriteResponse,
 };
 
 /// Bytes of a key sent as they are in the URL path: RFC 3986's unreserved set.
@@ -47,14 +60,15 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server address cannot be turned into a URL.
-    #[error("invalid server address {0:?}: expected host:port or http://host:port")]
+    #[error("invalid server address {0:?}: expected host:port or http://host:port (several: comma-separated)")]
     BadAddress(String),
     /// No answer: the replica is down, unreachable or too slow.
     #[error("cannot reach {url}: {reason}")]
     Unreachable {
-        /// The URL tried.
+        /// The URL tried (every one, when several endpoints were).
         url: String,
-        /// What the transport said.
+        /// What the transport said: the cause first (`connection refused`, `dns error`,
+        /// `timed out`), then the whole chain of errors.
         reason: String,
     },
     /// The replica refused the request (4xx): fix the request.
@@ -83,23 +97,94 @@ pub enum ClientError {
         /// What the replica holds for the key now.
         current: ReadResponse,
     },
+    /// A write with `w` was not acknowledged by `w` replicas in time (503), but it **is** durable
+    /// at the replica that answered and queued for every peer. Only [`Client::write`] returns
+    /// this; the older calls report it as a `Server` 503.
+    #[error("{message}")]
+    QuorumNotMet {
+        /// The server's `error` text.
+        message: String,
+        /// The clock of the version written.
+        clock: VectorClock,
+    },
     /// The key cannot be sent (empty, or `.`/`..`, which URLs treat as path steps).
     #[error("invalid key {0:?}: keys are non-empty and not \".\" or \"..\"")]
     InvalidKey(String),
+    /// A 404 without vkv's JSON error body: something else answers at that address.
+    #[error("{0} is not a vkv server (404 without vkv's JSON)")]
+    NotVkv(String),
     /// The replica answered something that is not the documented JSON.
     #[error("unexpected response: {0}")]
     BadResponse(String),
 }
 
-/// A client for one replica.
+impl ClientError {
+    /// Reports [`ClientError::QuorumNotMet`] as the `Server` 503 callers written before it expect.
+    fn quorum_as_server(self) -> ClientError {
+        match self {
+            ClientError::QuorumNotMet { message, .. } => ClientError::Server { status: 503, message },
+            other => other,
+        }
+    }
+}
+
+/// What a transport failure was, for a person: the cause (`connection refused`, `dns error`,
+/// `timed out`), then every error of the source chain, since reqwest's own text ("error sending
+/// request") hides the reason.
+fn transport_reason(e: &reqwest::Error) -> String {
+    let mut chain: Vec<String> = Vec::new();
+    let mut refused = false;
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        refused |=
+            cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        let text = cause.to_string();
+        if !chain.contains(&text) {
+            chain.push(text);
+        }
+        source = cause.source();
+    }
+    let dns = chain.iter().any(|c| c.to_lowercase().contains("dns error"));
+    let cause = if e.is_timeout() {
+        "timed out"
+    } else if refused {
+        "connection refused"
+    } else if dns {
+        "dns error"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "the connection failed"
+    };
+    if chain.is_empty() {
+        format!("{cause} ({e})")
+    } else {
+        format!("{cause} ({})", chain.join(": "))
+    }
+}
+
+/// A client for one replica, or for several tried in turn on connection failures.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: Url,
+    bases: Vec<Url>,
+    /// Index in `bases` of the endpoint that answered last: tried first.
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
 }
 
+fn parse_base(server: &str) -> Result<Url, ClientError> {
+    let server = server.trim();
+    let text = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+    let base = Url::parse(&text).map_err(|_| ClientError::BadAddress(server.to_string()))?;
+    if base.scheme() != "http" || base.host_str().is_none() || base.cannot_be_a_base() {
+        return Err(ClientError::BadAddress(server.to_string()));
+    }
+    Ok(base)
+}
+
 impl Client {
-    /// A client for the replica at `server` (`host:port` or `http://host:port`).
+    /// A client for the replica at `server` (`host:port` or `http://host:port`), or for several
+    /// comma-separated ones, tried in order when a connection fails.
     pub fn new(server: &str) -> Result<Client, ClientError> {
         Client::with_timeout(server, CLIENT_TIMEOUT)
     }
@@ -117,11 +202,7 @@ impl Client {
         timeout: Duration,
         source: Option<std::net::IpAddr>,
     ) -> Result<Client, ClientError> {
-        let text = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
-        let base = Url::parse(&text).map_err(|_| ClientError::BadAddress(server.to_string()))?;
-        if base.scheme() != "http" || base.host_str().is_none() || base.cannot_be_a_base() {
-            return Err(ClientError::BadAddress(server.to_string()));
-        }
+        let bases = server.split(',').map(parse_base).collect::<Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             // hickory, not getaddrinfo: works in the statically linked binary (see peer_http_client).
             .hickory_dns(true)
@@ -130,50 +211,104 @@ impl Client {
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
             .map_err(|e| ClientError::BadAddress(format!("{server}: {e}")))?;
-        Ok(Client { base, http })
+        Ok(Client { bases, current: Arc::new(AtomicUsize::new(0)), http })
     }
 
-    fn key_url(&self, key: &str) -> Result<Url, ClientError> {
+    /// The endpoints, `host:port` each, in the order given.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.bases.iter().map(|b| b.as_str().trim_end_matches('/').trim_start_matches("http://").to_string()).collect()
+    }
+
+    fn key_path(key: &str) -> Result<String, ClientError> {
         if key.is_empty() || key == "." || key == ".." {
             return Err(ClientError::InvalidKey(key.to_string()));
         }
         // Every byte outside the URL's unreserved set is percent-encoded by hand: `Url`'s own
         // segment push drops tabs and newlines (as URL parsing does), which would silently
         // address another key.
-        let mut url = self.base.clone();
-        url.set_path(&format!("/kv/{}", utf8_percent_encode(key, KEY_SEGMENT)));
-        Ok(url)
+        Ok(format!("/kv/{}", utf8_percent_encode(key, KEY_SEGMENT)))
     }
 
-    fn path_url(&self, path: &str) -> Url {
-        let mut url = self.base.clone();
+    fn url(&self, index: usize, path: &str, query: &[(&str, String)]) -> Url {
+        let mut url = self.bases[index].clone();
         url.set_path(path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         url
     }
 
-    /// Sends a request; a `404` for a key comes back as `Ok(None)` with its body (which carries
-    /// the key's context), any other failure as the matching error.
+    /// Sends a request to the first endpoint that accepts a connection (starting with the one
+    /// that answered last). A `404` for a key comes back as `Ok(Err(body))` (the body carries
+    /// the key's context); any other failure as the matching error.
     async fn send<T: DeserializeOwned>(
         &self,
-        request: reqwest::RequestBuilder,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Result<T, KeyErrorBody>, ClientError> {
+        let count = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % count;
+        let mut failures = Vec::new();
+        for step in 0..count {
+            let index = (first + step) % count;
+            let url = self.url(index, path, query);
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(body) = &body {
+                request = request.header(CONTENT_TYPE, "application/json").body(body.clone());
+            }
+            match request.send().await {
+                Ok(response) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return self.answer(response, index, &url).await;
+                }
+                // Only a failed connection moves on: once a request was sent, it may have been applied.
+                Err(e) if e.is_connect() => failures.push((url.to_string(), transport_reason(&e))),
+                Err(e) => return Err(ClientError::Unreachable { url: url.to_string(), reason: transport_reason(&e) }),
+            }
+        }
+        Err(match failures.as_slice() {
+            [(url, reason)] => ClientError::Unreachable { url: url.clone(), reason: reason.clone() },
+            many => ClientError::Unreachable {
+                url: format!("any of {} endpoints", many.len()),
+                reason: many.iter().map(|(u, r)| format!("{u}: {r}")).collect::<Vec<_>>().join("; "),
+            },
+        })
+    }
+
+    /// Turns an answer into the caller's result (see [`Client::send`]).
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+        index: usize,
         url: &Url,
-    ) -> Result<Result<T, Option<KeyErrorBody>>, ClientError> {
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: if e.is_timeout() { "timed out".into() } else { e.to_string() },
-        })?;
+    ) -> Result<Result<T, KeyErrorBody>, ClientError> {
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ClientError::Unreachable { url: url.to_string(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Unreachable { url: url.to_string(), reason: transport_reason(&e) })?;
+        let not_vkv = || ClientError::NotVkv(self.endpoints()[index].clone());
         let for_key = url.path().starts_with("/kv/");
-        if status == StatusCode::NOT_FOUND && for_key {
-            return Ok(Err(serde_json::from_slice::<KeyErrorBody>(&bytes).ok()));
+        if status == StatusCode::NOT_FOUND {
+            if for_key {
+                return serde_json::from_slice::<KeyErrorBody>(&bytes).map(Err).map_err(|_| not_vkv());
+            }
+            if serde_json::from_slice::<ErrorBody>(&bytes).is_err() {
+                return Err(not_vkv());
+            }
         }
         if status == StatusCode::CONFLICT && for_key {
             if let Ok(body) = serde_json::from_slice::<KeyErrorBody>(&bytes) {
                 return Err(ClientError::Conflict { message: body.error, current: body.state });
+            }
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Ok(body) = serde_json::from_slice::<QuorumErrorBody>(&bytes) {
+                if body.written {
+                    return Err(ClientError::QuorumNotMet { message: body.error, clock: body.clock });
+                }
             }
         }
         if !status.is_success() {
@@ -192,8 +327,16 @@ impl Client {
             .map_err(|e| ClientError::BadResponse(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
     }
 
-    fn expect_found<T>(found: Result<T, Option<KeyErrorBody>>) -> Result<T, ClientError> {
+    fn expect_found<T>(found: Result<T, KeyErrorBody>) -> Result<T, ClientError> {
         found.map_err(|_| ClientError::BadResponse("404 for a write".into()))
+    }
+
+    fn json_body<T: serde::Serialize>(body: &T) -> Option<Vec<u8>> {
+        Some(serde_json::to_vec(body).expect("request bodies serialise"))
+    }
+
+    fn optional_query(name: &'static str, k: Option<usize>) -> Vec<(&'static str, String)> {
+        k.map(|k| (name, k.to_string())).into_iter().collect()
     }
 
     /// Reads a key: `None` when it does not exist (or was deleted).
@@ -203,11 +346,7 @@ impl Client {
 
     /// Reads a key from `r` replicas (`?r=`), merged and read-repaired; `None` reads one.
     pub async fn get_quorum(&self, key: &str, r: Option<usize>) -> Result<Option<ReadResponse>, ClientError> {
-        let mut url = self.key_url(key)?;
-        if let Some(r) = r {
-            url.query_pairs_mut().append_pair("r", &r.to_string());
-        }
-        Ok(self.send(self.http.get(url.clone()), &url).await?.ok())
+        self.read_quorum(key, r).await.map(|read| (!read.versions.is_empty()).then_some(read))
     }
 
     /// Reads a key for read-modify-write: always the versions and the context to write back
@@ -219,15 +358,11 @@ impl Client {
 
     /// [`Client::read`] from `r` replicas (`?r=`), merged and read-repaired; `None` reads one.
     pub async fn read_quorum(&self, key: &str, r: Option<usize>) -> Result<ReadResponse, ClientError> {
-        let mut url = self.key_url(key)?;
-        if let Some(r) = r {
-            url.query_pairs_mut().append_pair("r", &r.to_string());
-        }
-        match self.send(self.http.get(url.clone()), &url).await? {
-            Ok(found) => Ok(found),
-            Err(Some(absent)) => Ok(absent.state),
-            Err(None) => Err(ClientError::BadResponse("a 404 without the key's context".into())),
-        }
+        let path = Self::key_path(key)?;
+        Ok(match self.send(Method::GET, &path, &Self::optional_query("r", r), None).await? {
+            Ok(found) => found,
+            Err(absent) => absent.state,
+        })
     }
 
     /// Read-modify-write with the context: reads `key`, writes `compute(what was read)` with
@@ -266,7 +401,8 @@ impl Client {
         self.put_quorum(key, value, context, None).await
     }
 
-    /// Writes a value and waits until `w` replicas hold it (`?w=`); `None` answers once durable here.
+    /// Writes a value and waits until `w` replicas hold it (`?w=`); `None` answers once durable
+    /// here. An unmet `w` is a `Server` 503 (see [`Client::write`] to tell it apart).
     pub async fn put_quorum(
         &self,
         key: &str,
@@ -274,30 +410,61 @@ impl Client {
         context: Option<VectorClock>,
         w: Option<usize>,
     ) -> Result<WriteResponse, ClientError> {
-        let mut url = self.key_url(key)?;
-        if let Some(w) = w {
-            url.query_pairs_mut().append_pair("w", &w.to_string());
-        }
-        let body = WriteRequest { value: value.to_string(), context };
-        Self::expect_found(self.send(self.http.put(url.clone()).json(&body), &url).await?)
+        self.write(key, Some(value), context, w).await.map_err(ClientError::quorum_as_server)
+    }
+
+    /// A write (`value = Some`) or a delete (`None`, a tombstone), with an optional context and
+    /// `w`. An unmet `w` is [`ClientError::QuorumNotMet`]: the write is durable at the replica
+    /// that answered, with the clock it carries.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        context: Option<VectorClock>,
+        w: Option<usize>,
+    ) -> Result<WriteResponse, ClientError> {
+        let path = Self::key_path(key)?;
+        let query = Self::optional_query("w", w);
+        let (method, body) = match value {
+            Some(value) => (Method::PUT, Self::json_body(&WriteRequest { value: value.to_string(), context })),
+            None => (Method::DELETE, Self::json_body(&DeleteRequest { context })),
+        };
+        Self::expect_found(self.send(method, &path, &query, body).await?)
     }
 
     /// Deletes a key (writes a tombstone); `context` works as for [`Client::put`].
     pub async fn delete(&self, key: &str, context: Option<VectorClock>) -> Result<WriteResponse, ClientError> {
-        let url = self.key_url(key)?;
-        let body = DeleteRequest { context };
-        Self::expect_found(self.send(self.http.delete(url.clone()).json(&body), &url).await?)
+        self.write(key, None, context, None).await.map_err(ClientError::quorum_as_server)
+    }
+
+    /// One page of keys in byte order (`GET /kv`): those starting with `prefix`, strictly after
+    /// `after`, at most `limit` (the server's default without). Pass the answer's `next` as
+    /// `after` for the next page; it is `None` on the last.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<KeyListResponse, ClientError> {
+        let mut query = Vec::new();
+        if !prefix.is_empty() {
+            query.push(("prefix", prefix.to_string()));
+        }
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        query.extend(Self::optional_query("limit", limit));
+        Self::expect_found(self.send(Method::GET, "/kv", &query, None).await?)
     }
 
     /// The replica's status: members, outbox depths, peer reachability, key count.
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        let url = self.path_url("/status");
-        Self::expect_found(self.send(self.http.get(url.clone()), &url).await?)
+        Self::expect_found(self.send(Method::GET, "/status", &[], None).await?)
     }
 
-    /// True when the replica answers `GET /health`.
+    /// True when the replica (the first endpoint) answers `GET /health`.
     pub async fn healthy(&self) -> bool {
-        let url = self.path_url("/health");
+        let url = self.url(0, "/health", &[]);
         matches!(
             self.http.get(url).timeout(Duration::from_millis(500)).send().await,
             Ok(r) if r.status().is_success()

@@ -26,6 +26,7 @@ use crate::node::replica::Replica;
         license(name = "MIT OR Apache-2.0")
     ),
     paths(
+        api::list_keys,
         api::read_key,
         api::write_key,
         api::delete_key,

@@ -96,6 +96,18 @@ pub struct KeyErrorBody {
     pub state: ReadResponse,
 }
 
+/// Body of the `503` that answers a write whose `?w=K` was not met in time: the write is durable
+/// at the coordinator and queued for every peer — only the extra guarantee is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// Always true: the write happened at the coordinator.
+    pub written: bool,
+    /// The written version's clock.
+    pub clock: VectorClock,
+}
+
 /// Body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -241,6 +253,36 @@ pub struct HealthBody {
     /// Why the replica is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Keys `GET /kv` returns when the request names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// Largest `limit` of `GET /kv`: bounds the page a replica builds for one request.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// Query of `GET /kv` (and `GET /kv/`): one page of keys in byte order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only keys starting with this.
+    pub prefix: Option<String>,
+    /// Only keys strictly after this one: the previous page's `next`.
+    pub after: Option<String>,
+    /// Most keys in the page: 1 to [`MAX_LIST_LIMIT`], default [`DEFAULT_LIST_LIMIT`].
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<usize>,
+    /// Also list keys whose every version is a tombstone.
+    pub deleted: Option<bool>,
+}
+
+/// Answer to `GET /kv`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyListResponse {
+    /// The keys, in byte order.
+    pub keys: Vec<String>,
+    /// The last key of this page when more follow (pass it as `after`), else `null`.
+    pub next: Option<String>,
 }
 
 /// Answer to `GET /status`.

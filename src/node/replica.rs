@@ -29,7 +29,8 @@ use crate::error::{Error, Result};
 use crate::net::auth::{ClusterKey, PeerAuth};
 use crate::net::peer::PeerClient;
 use crate::net::protocol::{
-    PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse, MAX_BATCH_KEYS,
+    KeyListResponse, ListQuery, PeerReadRequest, PeerReadResponse, ReplicateEntry, ReplicateRequest, ReplicateResponse,
+    DEFAULT_LIST_LIMIT, MAX_BATCH_KEYS, MAX_KEY_BYTES, MAX_LIST_LIMIT,
 };
 pub use crate::node::decisions::MergeSource;
 use crate::node::decisions::{self, ClientWrite, DecisionLog};
@@ -248,6 +249,23 @@ impl Replica {
             Some(result) => result,
             None => self.blocking(move |store| store.get(&key)).await,
         }
+    }
+
+    /// One page of the key listing (`GET /kv`): the query checked, then a range scan of the store.
+    pub async fn list(&self, query: ListQuery) -> Result<KeyListResponse> {
+        let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+            return Err(Error::InvalidInput(format!("limit must be 1 to {MAX_LIST_LIMIT}, not {limit}")));
+        }
+        for (name, text) in [("prefix", &query.prefix), ("after", &query.after)] {
+            if text.as_ref().is_some_and(|t| t.len() > MAX_KEY_BYTES) {
+                return Err(Error::InvalidInput(format!("{name} is longer than any key ({MAX_KEY_BYTES} bytes)")));
+            }
+        }
+        let (prefix, after, deleted) = (query.prefix.unwrap_or_default(), query.after, query.deleted.unwrap_or(false));
+        let page = self.blocking(move |store| store.list_keys(&prefix, after.as_deref(), limit, deleted)).await?;
+        let next = if page.more { page.keys.last().cloned() } else { None };
+        Ok(KeyListResponse { keys: page.keys, next })
     }
 
     /// Validates a whole peer batch, then merges it in one transaction and logs every decision.

@@ -6,6 +6,7 @@
 
 mod commit;
 mod file;
+mod listing;
 pub mod store;
 
 use std::sync::Arc;
