@@ -47,10 +47,22 @@ wait_one() {
   return 1
 }
 
+# SIGTERM, then wait (at most 15 s: the replica's own shutdown is bounded to about 10) until the
+# process is gone, so a `start` right after finds the port free.
 stop_one() {
-  local f="$ROOT/replica-$1.pid"
+  local f="$ROOT/replica-$1.pid" pid
   if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
-    kill -TERM "$(cat "$f")" && echo "replica $1 stopped (SIGTERM)"
+    pid=$(cat "$f")
+    kill -TERM "$pid"
+    for _ in $(seq 1 150); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "replica $1 (pid $pid) is still shutting down after 15 s (SIGTERM sent)" >&2
+      return 1
+    fi
+    echo "replica $1 stopped (SIGTERM)"
   fi
   rm -f "$f"
 }
