@@ -92,7 +92,7 @@ svc='.items[] | select(.kind == "Service")'
 c="$sts | .spec.template.spec.containers[0]"
 check "a headless Service vkv that publishes not-ready pods" "[$svc | .metadata.name == \"vkv\" and .spec.clusterIP == \"None\" and .spec.publishNotReadyAddresses] == [true]"
 check "a StatefulSet kv of 5 under the Service, started in parallel" "[$sts | .metadata.name == \"kv\" and .spec.replicas == 5 and .spec.serviceName == \"vkv\" and .spec.podManagementPolicy == \"Parallel\"] == [true]"
-check "a volume claim template mounted at the data dir" "[$sts | (.spec.volumeClaimTemplates[0].metadata.name) as \$v | .spec.template.spec.containers[0].volumeMounts | any(.name == \$v and .mountPath == \"/data\")] == [true]"
+check "the data dir on the volume claim template's volume" "[$sts | (.spec.volumeClaimTemplates[0].metadata.name) as \$v | .spec.template.spec.containers[0] | (.args | index(\"--data-dir\") as \$i | .[\$i + 1]) as \$d | .volumeMounts | any(.name == \$v and (.mountPath as \$m | \$d | startswith(\$m + \"/\")))] == [true]"
 check "readiness on /readyz, liveness on /livez" "[$c | .readinessProbe.httpGet.path == \"/readyz\" and .livenessProbe.httpGet.path == \"/livez\"] == [true]"
 check "the cluster key from a Secret" "[$c | .env | any(.name == \"VKV_CLUSTER_KEY\" and .valueFrom.secretKeyRef.name != null)] == [true]"
 check "POD_NAME from the pod's name, used in --host" "[$c | (.env | any(.name == \"POD_NAME\" and .valueFrom.fieldRef.fieldPath == \"metadata.name\")) and (.args | index(\"--host\") as \$i | .[\$i + 1] == \"\$(POD_NAME).vkv\")] == [true]"
