@@ -274,7 +274,16 @@ fn keys_are_escaped_in_logs_and_quoted_for_the_shell() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     // A NUL cannot be a process argument: this one goes over HTTP (percent-encoded).
     rt.block_on(cluster.client(1).put("nul\u{0}byte", "v\u{1b}[31m", None)).unwrap();
-    let log = std::fs::read(cluster.log_path(1)).unwrap();
+    // Log lines reach the file through a writer thread, possibly after the answer: wait (≤ 5 s)
+    // for the second write's line.
+    let mut log = Vec::new();
+    for _ in 0..100 {
+        log = std::fs::read(cluster.log_path(1)).unwrap();
+        if String::from_utf8_lossy(&log).contains("key=\"nul\\0byte\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(!log.contains(&0u8) && !log.contains(&0x1bu8), "a control byte reached the log");
     let log = String::from_utf8_lossy(&log);
     assert!(
