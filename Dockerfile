@@ -1,6 +1,7 @@
 # vkv replica image, built with no image pulls: FROM scratch plus the statically linked release
-# binaries, which must be built first: scripts/docker-up.sh does that, then `docker compose up
-# --build -d`. By hand (debug info stripped to keep the image ~17 MB):
+# binaries, which must be built first: scripts/docker-build.sh does that, then `docker build -t
+# vkv:local .` (scripts/docker-up.sh and scripts/swarm-up.sh start with it). By hand (debug info
+# stripped to keep the image ~17 MB):
 #   RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=debuginfo \
 #     cargo build --release --target x86_64-unknown-linux-gnu --bin vkv-server --bin vkv
 #

@@ -4,8 +4,6 @@
 # add --rmi all to remove it too:  scripts/docker-down.sh --rmi all
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if docker compose version >/dev/null 2>&1; then
-  docker compose down -v "$@"
-else
-  docker-compose down -v "$@"
-fi
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
+compose down -v "$@"

@@ -274,15 +274,15 @@ fn keys_are_escaped_in_logs_and_quoted_for_the_shell() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     // A NUL cannot be a process argument: this one goes over HTTP (percent-encoded).
     rt.block_on(cluster.client(1).put("nul\u{0}byte", "v\u{1b}[31m", None)).unwrap();
-    // The server's log writer is a queue drained by its own thread: the line may land just after
-    // the answer. Wait for it (bounded) before reading the file.
-    let mut log = std::fs::read(cluster.log_path(1)).unwrap();
+    // Log lines reach the file through a writer thread, possibly after the answer: wait (≤ 5 s)
+    // for the second write's line.
+    let mut log = Vec::new();
     for _ in 0..100 {
-        if String::from_utf8_lossy(&log).contains("key=\"nul") {
+        log = std::fs::read(cluster.log_path(1)).unwrap();
+        if String::from_utf8_lossy(&log).contains("key=\"nul\\0byte\"") {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
-        log = std::fs::read(cluster.log_path(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!log.contains(&0u8) && !log.contains(&0x1bu8), "a control byte reached the log");
     let log = String::from_utf8_lossy(&log);
@@ -317,4 +317,90 @@ fn a_port_in_use_exits_2_with_the_reason_and_creates_no_store() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("cannot listen on 127.0.0.1:"), "{}", text(&out.stderr));
     assert!(!data.exists(), "a store was created before the bind failed");
+}
+
+/// Kills and reaps a replica started by hand when the test ends, passed or failed.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `--members` (every member, this one included — the same list on every replica, as a
+/// Kubernetes StatefulSet hands out): bad lists exit 2 naming the flag; a good one forms the
+/// same cluster --hosts/--ports would, and a write at replica 1 reaches replica 3.
+#[test]
+fn server_takes_the_whole_member_list() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--port", "7000", "--members", "127.0.0.1:7001,127.0.0.1:7002"], "does not list this replica's own address"),
+        (&["--port", "7000", "--members", "127.0.0.1:7000,127.0.0.1"], "--members: \"127.0.0.1\" is not HOST:PORT"),
+        (
+            &["--port", "7000", "-N", "3", "--members", "127.0.0.1:7000,127.0.0.1:7001"],
+            "-N is 3, but --members lists 2",
+        ),
+        (&["--port", "7000", "--members", "127.0.0.1:7000,127.0.0.1:7000"], "--members lists 127.0.0.1:7000 twice"),
+        (&["--port", "7000", "--members", "127.0.0.1:7000", "--hosts", "127.0.0.1", "--ports", "7001"], "--members"),
+        (&["--port", "7000", "--hosts", "127.0.0.1", "--ports", "7001"], "-N is required"),
+    ];
+    for (args, needle) in cases {
+        let out = run(SERVER, &[args, &["--insecure"][..]].concat());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} → {err}");
+        assert!(err.contains(needle), "{args:?}: {err:?} should mention {needle:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3).unwrap();
+    // Listed out of order on purpose: the ids come from sorting, not from the list.
+    let members = [2, 0, 1].map(|i| format!("127.0.0.1:{}", ports[i])).join(",");
+    let mut replicas = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let log = std::fs::File::create(dir.path().join(format!("replica-{}.log", i + 1))).unwrap();
+        let child = Command::new(SERVER)
+            .args(["--port", &port.to_string(), "--members", &members, "--insecure", "--skip-recovery"])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data-{}", i + 1)))
+            .env_remove("VKV_CLUSTER_KEY")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        replicas.push(Reaped(child));
+    }
+    let client = |i: usize| vkv::client::Client::new(&format!("127.0.0.1:{}", ports[i])).unwrap();
+    let logs = || {
+        (1..=3)
+            .map(|i| std::fs::read_to_string(dir.path().join(format!("replica-{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for i in 0..3 {
+            assert!(
+                vkv_testkit::wait_healthy(&client(i), Duration::from_secs(10)).await,
+                "replica {} down: {}",
+                i + 1,
+                logs()
+            );
+        }
+        let status = client(2).status().await.unwrap();
+        assert_eq!((status.replica, status.n, status.members.len()), (3, 3, 3), "{status:?}");
+        client(0).put("k", "via-members", None).await.unwrap();
+        // Replication is asynchronous: poll replica 3, at most 10 s.
+        let mut seen = None;
+        for _ in 0..200 {
+            seen = client(2).get("k").await.unwrap();
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen = seen.unwrap_or_else(|| panic!("the write never reached replica 3: {}", logs()));
+        assert_eq!(seen.context.to_string(), "[1, 0, 0]", "{seen:?}");
+    });
+    drop(replicas);
 }

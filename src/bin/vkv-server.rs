@@ -3,6 +3,8 @@
 //! ```text
 //! vkv-server --host 127.0.0.1 --port 7000 -N 5 \
 //!     --hosts 127.0.0.1,127.0.0.1,127.0.0.1,127.0.0.1 --ports 7001,7002,7003,7004
+//! vkv-server --host kv-0.vkv --port 7000 \
+//!     --members kv-0.vkv:7000,kv-1.vkv:7000,kv-2.vkv:7000,kv-3.vkv:7000,kv-4.vkv:7000
 //! ```
 
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use vkv::server::{connection_cap, Limits};
 use vkv::store::Repair;
 
 /// One replica of a vkv cluster. Peers are the *other* replicas: N = 1 + number of peers.
+/// Give them either as --hosts/--ports (the others) or as --members (everyone).
 #[derive(Parser, Debug)]
 #[command(name = "vkv-server", version)]
 struct Args {
@@ -35,15 +38,20 @@ struct Args {
     /// This replica's HTTP port.
     #[arg(long)]
     port: u16,
-    /// Number of replicas in the cluster (this one included).
+    /// Number of replicas in the cluster (this one included). Required with --hosts/--ports;
+    /// optional with --members (if given, it must equal the number of members).
     #[arg(short = 'N', long = "replicas")]
-    n: usize,
+    n: Option<usize>,
     /// The other replicas' hosts, comma-separated, in the same order as --ports.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "members")]
     hosts: Vec<String>,
     /// The other replicas' ports, comma-separated, in the same order as --hosts.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "members")]
     ports: Vec<u16>,
+    /// Every replica as HOST:PORT, comma-separated, this one included (found by --host/--port):
+    /// the same list on every replica, e.g. from a template. Instead of --hosts/--ports.
+    #[arg(long, value_delimiter = ',')]
+    members: Vec<String>,
     /// Where this replica keeps its data and outbox [default: vkv-data/HOST-PORT].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -168,7 +176,14 @@ async fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).with_span_list(true).init(),
     }
 
-    let layout = match Layout::from_flags(&args.host, args.port, args.n, &args.hosts, &args.ports) {
+    let layout = match (args.members.is_empty(), args.n) {
+        (false, n) => Layout::from_members(&args.host, args.port, n, &args.members),
+        (true, Some(n)) => Layout::from_flags(&args.host, args.port, n, &args.hosts, &args.ports),
+        (true, None) => {
+            return usage_error("-N is required with --hosts/--ports (or list every member with --members)")
+        }
+    };
+    let layout = match layout {
         Ok(layout) => layout,
         Err(e) => return usage_error(e),
     };

@@ -1,7 +1,9 @@
 //! Cluster membership: who the N replicas are and which clock position each one owns.
 //!
 //! Every replica is started with its own address and the addresses of the others (the seed's
-//! `--host/--port` plus `--hosts/--ports`). Sorting the N addresses by (host, port) gives the same
+//! `--host/--port` plus `--hosts/--ports`), or with its own address and the whole member list
+//! (`--members`, the same on every replica: what a Kubernetes StatefulSet or any templated
+//! deployment can hand out, as each pod's command line differs only in its own name). Sorting the N addresses by (host, port) gives the same
 //! order on every replica; a replica's *id* is its 1-based place in that order, and it owns clock
 //! position `id - 1`. Hosts compare as strings, so every replica must spell an address the same
 //! way (`127.0.0.1` and `localhost` are different members).
@@ -59,8 +61,8 @@ pub enum LayoutError {
     #[error("--hosts lists {hosts} hosts but --ports lists {ports} ports; give one port per host")]
     HostsPortsMismatch { hosts: usize, ports: usize },
     /// The same address appears twice.
-    #[error("--hosts/--ports list {0} twice")]
-    Duplicate(String),
+    #[error("{flag} lists {addr} twice")]
+    Duplicate { flag: &'static str, addr: String },
     /// A peer has this replica's own address.
     #[error("--hosts/--ports list this replica's own address {0} (--host/--port) as a peer")]
     SelfAsPeer(String),
@@ -71,8 +73,19 @@ pub enum LayoutError {
     #[error("{flag}: port 0 is not a usable port")]
     PortZero { flag: &'static str },
     /// N = 0 or too large for a clock.
-    #[error("-N must be between 1 and {max}, got {n}")]
+    #[error("-N (or the length of --members) must be between 1 and {max}, got {n}")]
     BadN { n: usize, max: usize },
+    /// A `--members` entry is not `host:port`.
+    #[error("--members: {0:?} is not HOST:PORT (a port from 1 to 65535)")]
+    BadMember(String),
+    /// `--members` does not include this replica's own `--host:--port`.
+    #[error(
+        "--members does not list this replica's own address {0} (--host/--port); list every member, this one included"
+    )]
+    NotAMember(String),
+    /// `-N` was given with `--members` and disagrees with it.
+    #[error("-N is {n}, but --members lists {members} members (this one included); drop -N or make them agree")]
+    MembersDisagree { n: usize, members: usize },
 }
 
 /// Largest cluster a layout accepts: clocks carry one counter per member.
@@ -101,25 +114,67 @@ impl Layout {
         if n != hosts.len() + 1 {
             return Err(LayoutError::WrongCount { n, peers: hosts.len() });
         }
+        let peers = hosts.iter().cloned().zip(ports.iter().copied()).collect();
+        Layout::build(host, port, "--hosts", "--ports", peers)
+    }
+
+    /// Builds the layout from `--members` (every member as `host:port`, this replica included,
+    /// in any order) and this replica's `--host`/`--port`. `n` (-N) is optional; if given, it
+    /// must equal the number of members.
+    pub fn from_members(host: &str, port: u16, n: Option<usize>, members: &[String]) -> Result<Layout, LayoutError> {
+        const FLAG: &str = "--members";
+        let mut all = Vec::with_capacity(members.len());
+        for entry in members {
+            let parsed = entry.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)));
+            match parsed {
+                Some(addr) if addr.1 != 0 => all.push(addr),
+                _ => return Err(LayoutError::BadMember(entry.clone())),
+            }
+        }
+        if all.is_empty() || all.len() > MAX_REPLICAS {
+            return Err(LayoutError::BadN { n: all.len(), max: MAX_REPLICAS });
+        }
+        if let Some(n) = n.filter(|&n| n != all.len()) {
+            return Err(LayoutError::MembersDisagree { n, members: all.len() });
+        }
+        let me = (host.to_string(), port);
+        match all.iter().filter(|&a| *a == me).count() {
+            0 => return Err(LayoutError::NotAMember(format!("{host}:{port}"))),
+            1 => all.retain(|a| *a != me),
+            _ => return Err(LayoutError::Duplicate { flag: FLAG, addr: format!("{host}:{port}") }),
+        }
+        Layout::build(host, port, FLAG, FLAG, all)
+    }
+
+    /// The part both flag forms share: checks this replica's address and its peers' (naming
+    /// `host_flag`/`port_flag` in errors), and orders the members.
+    fn build(
+        host: &str,
+        port: u16,
+        host_flag: &'static str,
+        port_flag: &'static str,
+        peers: Vec<(String, u16)>,
+    ) -> Result<Layout, LayoutError> {
         check_host("--host", host)?;
         if port == 0 {
             return Err(LayoutError::PortZero { flag: "--port" });
         }
         let me = (host.to_string(), port);
         let mut all = vec![me.clone()];
-        for (h, &p) in hosts.iter().zip(ports) {
-            check_host("--hosts", h)?;
+        for (h, p) in peers {
+            check_host(host_flag, &h)?;
             if p == 0 {
-                return Err(LayoutError::PortZero { flag: "--ports" });
+                return Err(LayoutError::PortZero { flag: port_flag });
             }
-            let addr = (h.clone(), p);
-            if addr == me {
-                return Err(LayoutError::SelfAsPeer(format!("{h}:{p}")));
+            let addr = format!("{h}:{p}");
+            let peer = (h, p);
+            if peer == me {
+                return Err(LayoutError::SelfAsPeer(addr));
             }
-            if all.contains(&addr) {
-                return Err(LayoutError::Duplicate(format!("{h}:{p}")));
+            if all.contains(&peer) {
+                return Err(LayoutError::Duplicate { flag: host_flag, addr });
             }
-            all.push(addr);
+            all.push(peer);
         }
         all.sort();
         let members: Vec<Member> = all
@@ -203,7 +258,8 @@ mod tests {
         let err = Layout::from_flags("127.0.0.1", 7000, 3, &hosts(2), &[7001]).unwrap_err();
         assert!(err.to_string().contains("--ports"), "{err}");
         let err = Layout::from_flags("127.0.0.1", 7000, 3, &hosts(2), &[7001, 7001]).unwrap_err();
-        assert_eq!(err, LayoutError::Duplicate("127.0.0.1:7001".into()));
+        assert_eq!(err, LayoutError::Duplicate { flag: "--hosts", addr: "127.0.0.1:7001".into() });
+        assert!(err.to_string().contains("--hosts"), "{err}");
         let err = Layout::from_flags("127.0.0.1", 7000, 3, &hosts(2), &[7000, 7001]).unwrap_err();
         assert_eq!(err, LayoutError::SelfAsPeer("127.0.0.1:7000".into()));
         let err = Layout::from_flags("127.0.0.1", 0, 1, &[], &[]).unwrap_err();
@@ -221,5 +277,42 @@ mod tests {
         let l = Layout::from_flags("127.0.0.1", 7000, 1, &[], &[]).unwrap();
         assert_eq!(l.n(), 1);
         assert_eq!(l.peers().count(), 0);
+    }
+
+    /// `--members` gives every replica the same list; each finds itself by --host/--port and
+    /// gets the same ids as with --hosts/--ports.
+    #[test]
+    fn members_list_gives_the_same_layout_as_peer_flags() {
+        let members: Vec<String> = ["kv-2.vkv:7000", "kv-0.vkv:7000", "kv-1.vkv:7000"].map(String::from).to_vec();
+        let a = Layout::from_members("kv-1.vkv", 7000, None, &members).unwrap();
+        let b =
+            Layout::from_flags("kv-1.vkv", 7000, 3, &["kv-0.vkv".into(), "kv-2.vkv".into()], &[7000, 7000]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.self_id(), 2);
+        assert_eq!(a.fingerprint(), "kv-0.vkv:7000,kv-1.vkv:7000,kv-2.vkv:7000");
+        assert_eq!(Layout::from_members("kv-1.vkv", 7000, Some(3), &members).unwrap(), a);
+    }
+
+    #[test]
+    fn bad_members_lists_name_the_flag() {
+        let list = |s: &str| s.split(',').map(String::from).collect::<Vec<_>>();
+        let cases: &[(&str, Option<usize>, &str)] = &[
+            ("a:7000,b:7000", Some(3), "-N is 3, but --members lists 2"),
+            ("a:7000,b", None, "--members: \"b\" is not HOST:PORT"),
+            ("a:7000,b:0", None, "--members: \"b:0\""),
+            ("a:7000,b:x", None, "--members: \"b:x\""),
+            ("", None, "--members: \"\""),
+            ("b:7000,c:7000", None, "does not list this replica's own address a:7000"),
+            ("a:7000,a:7000", None, "--members lists a:7000 twice"),
+            ("a:7000,b:7000,b:7000", None, "--members lists b:7000 twice"),
+            ("a:7000,bad host:7000", None, "--members: \"bad host\""),
+        ];
+        for (members, n, needle) in cases {
+            let err = Layout::from_members("a", 7000, *n, &list(members)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{members:?}: {err:?} should contain {needle:?}");
+        }
+        let many: Vec<String> = (1..=MAX_REPLICAS as u16 + 1).map(|p| format!("a:{p}")).collect();
+        let err = Layout::from_members("a", 1, None, &many).unwrap_err();
+        assert_eq!(err, LayoutError::BadN { n: MAX_REPLICAS + 1, max: MAX_REPLICAS });
     }
 }
