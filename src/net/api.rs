@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -391,20 +392,19 @@ pub fn app(replica: Arc<Replica>) -> Router {
         // The read-only client routes carry CORS (GET only) so the cluster page can read every member.
         .route(
             "/kv/{key}",
-            get(read_key)
+            get(read_key.layer(read_only_cors()))
                 .put(write_key)
                 .delete(delete_key)
-                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(client_limit))
-                .layer(read_only_cors()),
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(client_limit)),
         )
         .merge(peer_routes)
-        .route("/health", get(health).layer(read_only_cors()))
+        .route("/health", get(health.layer(read_only_cors())))
         .route("/readyz", get(readyz))
         .route("/livez", get(livez))
-        .route("/status", get(status).layer(read_only_cors()))
+        .route("/status", get(status.layer(read_only_cors())))
         .route("/metrics", get(exporter::serve))
         .route("/openapi.json", get(openapi::serve))
-        .route("/decisions", get(page::decisions).layer(read_only_cors()))
+        .route("/decisions", get(page::decisions.layer(read_only_cors())))
         .route("/", get(page::page))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
