@@ -17,6 +17,9 @@ ENV PATH=/usr/local/bin RUST_LOG=info
 WORKDIR /data
 EXPOSE 7000
 # Exec form, no shell: `vkv status` exits 0 only when the replica on this container answers.
+# A liveness check on purpose (like /livez): Swarm restarts a task whose check fails, and a
+# restart cures a hung process, not a recovery in progress or a full disk (/readyz's 503s) —
+# restarting a recovering replica would only start its recovery over.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/vkv", "--server", "127.0.0.1:7000", "status"]
 ENTRYPOINT ["/usr/local/bin/vkv-server"]

@@ -67,6 +67,9 @@ stop_one() {
   rm -f "$f"
 }
 
+if [ -n "${2:-}" ] && ! [[ "$2" =~ ^[1-5]$ ]]; then
+  echo "usage: $0 start|stop [replica-id 1-5]" >&2; exit 2
+fi
 case "${1:-}" in
   start)
     cargo build --release --quiet --bin vkv-server --bin vkv
@@ -79,5 +82,5 @@ case "${1:-}" in
     echo "ready; the CLI is $BIN/vkv" ;;
   stop)
     if [ -n "${2:-}" ]; then stop_one "$2"; else for i in 1 2 3 4 5; do stop_one "$i"; done; fi ;;
-  *) echo "usage: $0 start|stop [replica-id]" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop [replica-id 1-5]" >&2; exit 2 ;;
 esac

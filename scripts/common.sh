@@ -29,7 +29,9 @@ require_docker() {
 # Returns 1 once SECONDS passes DEADLINE, 2 as soon as process PID (if given) has exited.
 wait_healthy() {
   local deadline=$1 port=$2 pid=${3:-}
-  until curl -sf --max-time 2 "http://127.0.0.1:$port/health" >/dev/null; do
+  # The process is checked first: if it died (its port was taken, say), whatever answers on the
+  # port is not it.
+  until { [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null; } && curl -sf --max-time 2 "http://127.0.0.1:$port/health" >/dev/null; do
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
       return 2
     fi

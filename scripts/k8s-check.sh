@@ -90,7 +90,8 @@ check() { # check DESCRIPTION JQ-EXPRESSION (true when the manifest is right)
 sts='.items[] | select(.kind == "StatefulSet")'
 svc='.items[] | select(.kind == "Service")'
 c="$sts | .spec.template.spec.containers[0]"
-check "a headless Service vkv that publishes not-ready pods" "[$svc | .metadata.name == \"vkv\" and .spec.clusterIP == \"None\" and .spec.publishNotReadyAddresses] == [true]"
+check "a headless Service vkv that publishes not-ready pods" "[$svc | select(.metadata.name == \"vkv\") | .spec.clusterIP == \"None\" and .spec.publishNotReadyAddresses] == [true]"
+check "a client Service vkv-client over ready pods only" "[$svc | select(.metadata.name == \"vkv-client\") | .spec.clusterIP != \"None\" and (.spec.publishNotReadyAddresses | not) and .spec.selector[\"app.kubernetes.io/name\"] == \"vkv\"] == [true]"
 check "a StatefulSet kv of 5 under the Service, started in parallel" "[$sts | .metadata.name == \"kv\" and .spec.replicas == 5 and .spec.serviceName == \"vkv\" and .spec.podManagementPolicy == \"Parallel\"] == [true]"
 check "the data dir on the volume claim template's volume" "[$sts | (.spec.volumeClaimTemplates[0].metadata.name) as \$v | .spec.template.spec.containers[0] | (.args | index(\"--data-dir\") as \$i | .[\$i + 1]) as \$d | .volumeMounts | any(.name == \$v and (.mountPath as \$m | \$d | startswith(\$m + \"/\")))] == [true]"
 check "readiness on /readyz, liveness on /livez" "[$c | .readinessProbe.httpGet.path == \"/readyz\" and .livenessProbe.httpGet.path == \"/livez\"] == [true]"

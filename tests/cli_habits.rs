@@ -136,6 +136,14 @@ fn values_come_from_stdin_or_a_file_and_value_only_prints_them() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&vkv(&["--server", &a, "get", "empty"]).stdout), "\"\"  clock [1]\n");
     assert_eq!(text(&vkv(&["--server", &a, "get", "empty", "--value-only"]).stdout), "\n");
+    // A value that would drive the terminal is shown escaped; --value-only gives its bytes.
+    let hostile = "a\u{1b}[31mred\nline2";
+    assert!(vkv(&["--server", &a, "put", "hostile", hostile]).status.success());
+    assert_eq!(text(&vkv(&["--server", &a, "get", "hostile"]).stdout), "\"a\\u{1b}[31mred\\nline2\"  clock [1]\n");
+    assert_eq!(text(&vkv(&["--server", &a, "get", "hostile", "--value-only"]).stdout), format!("{hostile}\n"));
+    // Under --json a usage error names what is missing.
+    let json = json_failure(&vkv(&["--server", &a, "--json", "get"]), 2);
+    assert!(json["error"].as_str().unwrap().contains("<KEY>"), "{json}");
     let out = vkv(&["--server", &a, "get", "absent", "--value-only"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "nothing on stdout for a missing key");
@@ -227,7 +235,7 @@ fn server_env_failover_and_what_is_not_vkv() {
     let out = vkv(&["--server", &first_fake, "get", "k"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
     assert!(
-        text(&out.stderr).contains(&format!("{fake} is not a vkv server (404 without vkv's JSON)")),
+        text(&out.stderr).contains(&format!("{fake} is not a vkv server (an error answer without vkv's JSON)")),
         "{}",
         text(&out.stderr)
     );
@@ -363,6 +371,18 @@ fn cluster_status_quorum_shortfall_and_siblings() {
     assert_eq!(out.status.code(), Some(0), "a plain get shows the siblings and succeeds");
     let out = vkv(&["--server", &a1, "status", "--cluster"]);
     assert!(out.status.success(), "every member back up: {}{}", text(&out.stdout), text(&out.stderr));
+
+    // A refused conditional delete says how to delete what it missed; `delete --w` waits.
+    let out = vkv(&["--server", &a1, "delete", "s", "--context", "0,0,0"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("to delete them too, run: vkv delete 's' --context 1,1,0"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vkv(&["--server", &a1, "delete", "s", "--context", "1,1,0", "--w", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(vkv(&["--server", &a1, "get", "s"]).status.code(), Some(1), "deleted");
 }
 
 /// A replica started on an empty data dir while its peer is down stays recovering: plain

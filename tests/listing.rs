@@ -174,5 +174,12 @@ fn bad_parameters_are_a_json_400() {
         }
         let (status, body) = list(&cluster, "/kv", &[("limit", "10000")]).await;
         assert_eq!((status, keys_of(&body)), (200, vec!["k".to_string()]), "the maximum itself is fine");
+        // Percent-encoded bytes that are not UTF-8 are refused, not decoded into U+FFFD.
+        for raw in ["prefix=%FF", "after=%C3", "prefix=ok&after=a%80b"] {
+            let response = reqwest::get(format!("http://{}/kv?{raw}", cluster.address(1))).await.unwrap();
+            assert_eq!(response.status().as_u16(), 400, "{raw}");
+            let body: Value = response.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("UTF-8"), "{raw}: {body}");
+        }
     });
 }

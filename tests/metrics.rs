@@ -72,6 +72,17 @@ async fn metrics_show_the_cluster_and_a_real_prometheus_scrapes_them() {
     let mut cluster = LocalCluster::new(SERVER, free_ports(5).unwrap(), dir.path());
     cluster.start_all().unwrap();
     cluster.wait_all_healthy(Duration::from_secs(20)).await.unwrap();
+    // Every counter exists from the start, at zero (so `increase()` sees the first event).
+    let fresh = scrape(&cluster.address(1)).await;
+    for series in [
+        "vkv_write_conflicts_total",
+        "vkv_siblings_created_total{source=\"replication\"}",
+        "vkv_merges_total{source=\"anti_entropy\",outcome=\"conflict\"}",
+        "vkv_replication_failures_total{peer=\"5\"}",
+        "vkv_anti_entropy_repairs_total",
+    ] {
+        assert_eq!(sample(&fresh, series), Some(0.0), "{series} at start:\n{fresh}");
+    }
     cluster.stop(5, Stop::Clean).unwrap();
 
     // Writes that replica 5 cannot receive: they wait in replica 1's outbox for peer 5.

@@ -36,6 +36,21 @@ fn every_client_route_is_described_with_the_clusters_limits() {
         let op = operation(&doc, path, method);
         assert!(op["responses"]["200"].is_object(), "{method} {path}: {op}");
     }
+    // Every operation has its own id (a duplicate makes the description invalid, and tools such
+    // as schemathesis silently skip one of the two).
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicate operationId: {ids:?}");
+    // Descriptions are for API readers: no rustdoc link syntax.
+    assert!(!doc.to_string().contains("[`"), "a rustdoc link leaked into the description");
     // Peer routes take signed requests from replicas only: not part of the client API.
     assert!(doc["paths"]["/replicate"].is_null());
     let put = operation(&doc, "/kv/{key}", "put");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, RawQuery, Request, State};
 use axum::handler::Handler;
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::StatusCode;
@@ -52,6 +52,7 @@ impl IntoResponse for AppError {
         }
         if let Error::QuorumNotMet { message, clock } = &self.0 {
             // Unlike every other 503, the write happened: say so, with its clock.
+            tracing::warn!("request refused (503): {message}");
             let body = serde_json::json!({"error": message, "written": true, "clock": clock});
             return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         }
@@ -145,8 +146,18 @@ pub(crate) async fn read_key(
     (status = 400, description = "A bad or unknown parameter", body = ErrorBody)))]
 pub(crate) async fn list_keys(
     State(replica): Shared,
+    RawQuery(raw): RawQuery,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<KeyListResponse>, AppError> {
+    // The query decoder replaces bytes that are not UTF-8 with U+FFFD; a key never holds those
+    // bytes, so such a prefix or cursor is refused, as a key in the path is.
+    for pair in raw.as_deref().unwrap_or("").split('&') {
+        if percent_encoding::percent_decode_str(&pair.replace('+', " ")).decode_utf8().is_err() {
+            return Err(AppError(Error::InvalidInput(format!(
+                "bad query: {pair:?} is not UTF-8 once percent-decoded"
+            ))));
+        }
+    }
     let Query(query) = query.map_err(from_query)?;
     Ok(Json(replica.list(query).await?))
 }
@@ -375,7 +386,7 @@ pub(crate) fn client_body_limit(max_value_bytes: usize) -> usize {
 
 /// The replica's HTTP application.
 pub fn app(replica: Arc<Replica>) -> Router {
-    exporter::install();
+    exporter::register(&replica);
     let client_limit = client_body_limit(replica.max_value_bytes());
     // Peer routes: a request whose head is not signed with the cluster key is turned away before
     // its body is read, so an outsider cannot make a replica buffer a 64 MiB body.

@@ -71,6 +71,17 @@ pub enum ClientError {
         /// `timed out`), then the whole chain of errors.
         reason: String,
     },
+    /// The request was sent but no answer came (timed out, or the connection broke): a write
+    /// may or may not have been applied — read the key to know. Not retried elsewhere.
+    #[error(
+        "sent to {url}, but no answer: {reason} — the request may or may not have been applied (read the key to see)"
+    )]
+    NoAnswer {
+        /// The URL the request went to.
+        url: String,
+        /// What the transport said.
+        reason: String,
+    },
     /// The replica refused the request (4xx): fix the request.
     #[error("rejected ({status}): {message}")]
     Rejected {
@@ -110,8 +121,9 @@ pub enum ClientError {
     /// The key cannot be sent (empty, or `.`/`..`, which URLs treat as path steps).
     #[error("invalid key {0:?}: keys are non-empty and not \".\" or \"..\"")]
     InvalidKey(String),
-    /// A 404 without vkv's JSON error body: something else answers at that address.
-    #[error("{0} is not a vkv server (404 without vkv's JSON)")]
+    /// An error answer (a 404, a 5xx, …) without vkv's JSON error body: something else answers at
+    /// that address.
+    #[error("{0} is not a vkv server (an error answer without vkv's JSON)")]
     NotVkv(String),
     /// The replica answered something that is not the documented JSON.
     #[error("unexpected response: {0}")]
@@ -214,6 +226,12 @@ impl Client {
         Ok(Client { bases, current: Arc::new(AtomicUsize::new(0)), http })
     }
 
+    /// The endpoint (`host:port`) that answered last, or the first one if none has yet.
+    pub fn answering_endpoint(&self) -> String {
+        let endpoints = self.endpoints();
+        endpoints[self.current.load(Ordering::Relaxed) % endpoints.len()].clone()
+    }
+
     /// The endpoints, `host:port` each, in the order given.
     pub fn endpoints(&self) -> Vec<String> {
         self.bases.iter().map(|b| b.as_str().trim_end_matches('/').trim_start_matches("http://").to_string()).collect()
@@ -265,7 +283,7 @@ impl Client {
                 }
                 // Only a failed connection moves on: once a request was sent, it may have been applied.
                 Err(e) if e.is_connect() => failures.push((url.to_string(), transport_reason(&e))),
-                Err(e) => return Err(ClientError::Unreachable { url: url.to_string(), reason: transport_reason(&e) }),
+                Err(e) => return Err(ClientError::NoAnswer { url: url.to_string(), reason: transport_reason(&e) }),
             }
         }
         Err(match failures.as_slice() {
@@ -288,7 +306,7 @@ impl Client {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ClientError::Unreachable { url: url.to_string(), reason: transport_reason(&e) })?;
+            .map_err(|e| ClientError::NoAnswer { url: url.to_string(), reason: transport_reason(&e) })?;
         let not_vkv = || ClientError::NotVkv(self.endpoints()[index].clone());
         let for_key = url.path().starts_with("/kv/");
         if status == StatusCode::NOT_FOUND {
@@ -312,9 +330,10 @@ impl Client {
             }
         }
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            let Ok(message) = serde_json::from_slice::<ErrorBody>(&bytes).map(|b| b.error) else {
+                // Every answer of vkv's, errors included, is JSON: this is something else.
+                return Err(not_vkv());
+            };
             let status = status.as_u16();
             return Err(if status < 500 {
                 ClientError::Rejected { status, message }

@@ -44,6 +44,28 @@ use crate::node::replica::Replica;
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Registers every counter at zero for `replica` (its peers' labels included), so each series
+/// exists from the start: `increase()` then sees the first event, and `absent()` alerts only
+/// when a replica is really gone. Adding zero leaves a counter that already counts unchanged.
+pub(crate) fn register(replica: &Replica) {
+    install();
+    let sources = ["replication", "anti_entropy", "recovery", "read_repair"];
+    for source in sources {
+        for outcome in ["created", "updated", "stale", "conflict"] {
+            metrics::counter!("vkv_merges_total", "source" => source, "outcome" => outcome).increment(0);
+        }
+        metrics::counter!("vkv_siblings_created_total", "source" => source).increment(0);
+    }
+    for name in ["vkv_write_conflicts_total", "vkv_read_repairs_total", "vkv_anti_entropy_repairs_total"] {
+        metrics::counter!(name).increment(0);
+    }
+    for member in replica.layout().peers() {
+        let peer = member.id.to_string();
+        metrics::counter!("vkv_replicated_keys_total", "peer" => peer.clone()).increment(0);
+        metrics::counter!("vkv_replication_failures_total", "peer" => peer).increment(0);
+    }
+}
+
 /// How often histogram samples are drained into their buckets when nobody scrapes.
 const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 
@@ -189,7 +211,7 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: the state gauges read now, then every metric rendered.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", responses(
     (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
         content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub(crate) async fn serve(State(replica): State<Arc<Replica>>) -> Response {

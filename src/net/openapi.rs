@@ -81,7 +81,7 @@ pub fn for_replica(n: usize, max_value_bytes: usize) -> Value {
 }
 
 /// `GET /openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
     responses((status = 200, description = "This description (OpenAPI 3.1)", content_type = "application/json")))]
 pub(crate) async fn serve(State(replica): State<Arc<Replica>>) -> Json<Value> {
     Json(for_replica(replica.layout().n(), replica.max_value_bytes()))

@@ -1,6 +1,9 @@
 //! The JSON shapes of the HTTP API, shared by the server, the peer senders and the client.
 //!
 //! This is a contract: tools outside this repository speak it. Change it only compatibly.
+//!
+//! Size: every request and answer of the client and peer protocols, with their documented
+//! limits, in one place — the contract reads best whole.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +48,8 @@ pub struct WriteRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteRequest {
-    /// The clock the client read; as for [`WriteRequest::context`].
+    /// The clock the client read (as for a PUT): the delete succeeds only if it covers every
+    /// version the replica holds; without it, a blind delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<VectorClock>,
 }
@@ -248,7 +252,7 @@ pub struct HealthBody {
     pub status: String,
     /// This replica's id.
     pub replica: ReplicaId,
-    /// The cluster id (see [`StatusResponse::cluster`]).
+    /// The cluster id (as in `GET /status`): a hash of N and the ordered member list.
     pub cluster: String,
     /// Why the replica is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,7 +273,7 @@ pub struct ListQuery {
     pub prefix: Option<String>,
     /// Only keys strictly after this one: the previous page's `next`.
     pub after: Option<String>,
-    /// Most keys in the page: 1 to [`MAX_LIST_LIMIT`], default [`DEFAULT_LIST_LIMIT`].
+    /// Most keys in the page: 1 to 10000 (`MAX_LIST_LIMIT`), default 1000 (`DEFAULT_LIST_LIMIT`).
     #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
     /// Also list keys whose every version is a tombstone.
@@ -305,6 +309,10 @@ pub struct StatusResponse {
     /// True while the replica, started on an empty data dir, recovers from its peers (no writes).
     #[serde(default)]
     pub recovering: bool,
+    /// What `/readyz` says now: `ok`, `recovering`, or `unhealthy` (the store is failing).
+    /// Absent from replicas that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// One peer as seen from a replica.

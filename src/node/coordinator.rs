@@ -137,8 +137,9 @@ pub(crate) async fn write_quorum_via<P: PeerTransport>(
     if acks < w {
         return Err(Error::QuorumNotMet {
             message: format!(
-                "w={w} not met: only {acks} of {w} replicas acknowledged within {QUORUM_TIMEOUT:?}; the write \
-                 ({clock}) is durable at replica {} and queued for the others, which will get it later",
+                "w={w} not met: only {acks} of {w} replicas acknowledged (the others failed or did not answer \
+                 within {QUORUM_TIMEOUT:?}); the write ({clock}) is durable at replica {} and queued for the others, \
+                 which will get it later",
                 replica.id()
             ),
             clock: clock.clone(),

@@ -59,6 +59,14 @@ impl Replica {
             peers,
             keys,
             recovering: self.is_recovering(),
+            health: Some(
+                match self.storage_problem().await {
+                    Some(_) => "unhealthy",
+                    None if self.is_recovering() => "recovering",
+                    None => "ok",
+                }
+                .to_string(),
+            ),
         })
     }
 }

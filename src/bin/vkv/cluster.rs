@@ -22,6 +22,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 enum State {
     Up,
     Recovering,
+    Unhealthy,
     Down,
 }
 
@@ -57,7 +58,11 @@ async fn probe(id: ReplicaId, address: String) -> MemberHealth {
         Ok(s) => MemberHealth {
             id,
             address,
-            state: if s.recovering { State::Recovering } else { State::Up },
+            state: match s.health.as_deref() {
+                Some("unhealthy") => State::Unhealthy,
+                _ if s.recovering => State::Recovering,
+                _ => State::Up,
+            },
             keys: Some(s.keys),
             outbox_depth: s.peers.iter().map(|p| (p.id, p.outbox_depth)).collect(),
             error: None,
@@ -81,6 +86,7 @@ fn table(members: &[MemberHealth]) -> String {
         let state = match m.state {
             State::Up => "up",
             State::Recovering => "recovering",
+            State::Unhealthy => "unhealthy",
             State::Down => "down",
         };
         let keys = m.keys.map_or("-".to_string(), |k| k.to_string());
@@ -100,7 +106,10 @@ pub async fn report(client: &Client, json: bool, servers: &str) -> Result<(), Fa
     let first = client.status().await.map_err(|e| show::failure(e, servers))?;
     let mut probes = JoinSet::new();
     for member in first.members {
-        probes.spawn(probe(member.id, member.address()));
+        // The replica that answered is asked again where it answered: the member list names it
+        // as the cluster knows it (kv1:7000 in docker), which this machine may not resolve.
+        let address = if member.id == first.replica { client.answering_endpoint() } else { member.address() };
+        probes.spawn(probe(member.id, address));
     }
     let mut members = Vec::new();
     while let Some(joined) = probes.join_next().await {
@@ -110,7 +119,14 @@ pub async fn report(client: &Client, json: bool, servers: &str) -> Result<(), Fa
     let not_up: Vec<String> = members
         .iter()
         .filter(|m| m.state != State::Up)
-        .map(|m| format!("replica {} {}", m.id, if m.state == State::Down { "down" } else { "recovering" }))
+        .map(|m| {
+            let state = match m.state {
+                State::Down => "down",
+                State::Unhealthy => "unhealthy (its store is failing)",
+                _ => "recovering",
+            };
+            format!("replica {} {state}", m.id)
+        })
         .collect();
     if not_up.is_empty() {
         if json {

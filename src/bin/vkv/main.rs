@@ -111,6 +111,9 @@ enum Command {
         /// The context read with `get`: 2,1,0 or [2,1,0] (spaces allowed).
         #[arg(long, value_parser = parse_context)]
         context: Option<VectorClock>,
+        /// Answer only once this many replicas (this one included) hold the delete (exit 5 if not in time).
+        #[arg(long)]
+        w: Option<usize>,
     },
     /// List keys in byte order, one per line, quoted and escaped as the CLI prints keys
     /// (`--json`: one object {"keys": [...]}); pages through them all.
@@ -231,8 +234,12 @@ async fn run(command: Command, client: &Client, json: bool, servers: &str) -> Re
             let written = client.write(&key, Some(&value), Some(read.context), w).await.map_err(failed)?;
             show::written(&written, "updated", json);
         }
-        Command::Delete { key, context } => {
-            let written = client.write(&key, None, context, None).await.map_err(failed)?;
+        Command::Delete { key, context, w } => {
+            let written = client.write(&key, None, context, w).await.map_err(|e| match e {
+                // The way out of a refused delete is a delete with the context returned.
+                vkv::client::ClientError::Conflict { message, current } => show::delete_conflict(message, &current),
+                e => failed(e),
+            })?;
             show::written(&written, "deleted", json);
         }
         Command::List { prefix, page_size } => list(client, &prefix, page_size, json, servers).await?,
@@ -256,8 +263,19 @@ fn parse_flags() -> Result<Cli, ExitCode> {
         if !json || !e.use_stderr() {
             e.exit(); // --help and --version print as usual; usage errors exit 2
         }
+        // clap's message without its usage lines and hints: "error: …" and any lines that list
+        // what is missing, joined into one line.
         let rendered = e.render().to_string();
-        let message = rendered.lines().next().unwrap_or("bad usage").trim_start_matches("error: ").to_string();
+        let message = rendered
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_start_matches("error: ")
+            .to_string();
+        let message = if message.is_empty() { "bad usage".to_string() } else { message };
         Failure::usage(message).report(true)
     })
 }

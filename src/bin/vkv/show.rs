@@ -111,14 +111,16 @@ fn siblings_text(r: &ReadResponse) -> String {
     )
 }
 
-/// `get`'s human form: `value  clock [..]` (an empty value as `""`, so it shows), or the siblings.
+/// `get`'s human form: `value  clock [..]`, or the siblings. A value that is empty or holds a
+/// control character (a newline, an escape sequence that would drive the terminal) is shown
+/// quoted and escaped, as siblings always are; `get --value-only` prints the bytes themselves.
 pub fn read_text(r: &ReadResponse) -> String {
     match r.versions.as_slice() {
         [one] => {
             let value = match one.value.as_deref() {
-                Some("") => "\"\"",
-                Some(value) => value,
-                None => "(deleted)",
+                Some(value) if value.is_empty() || value.chars().any(char::is_control) => format!("{value:?}"),
+                Some(value) => value.to_string(),
+                None => "(deleted)".to_string(),
             };
             format!("{value}  clock {}\n", one.clock)
         }
@@ -146,6 +148,20 @@ pub fn siblings_for_value_only(read: ReadResponse) -> Failure {
     let message =
         format!("key {:?} has {} concurrent versions: --value-only prints one", read.key, read.versions.len());
     Failure::new(4, message).stderr(siblings_text(&read)).with_state(&read)
+}
+
+/// A refused conditional delete: what the replica holds, and the delete that would succeed.
+pub fn delete_conflict(message: String, current: &ReadResponse) -> Failure {
+    let stdout = format!(
+        "CONFLICT: not deleted — key {:?} holds {} version(s) your context did not cover:\n{}\
+         to delete them too, run: vkv delete {} --context {}\n",
+        current.key,
+        current.versions.len(),
+        versions_text(current),
+        shell_quote(&current.key),
+        context_arg(&current.context)
+    );
+    Failure::new(4, message).stdout(stdout).with_state(current)
 }
 
 /// The failure for a client error: its exit code, message and details.
@@ -179,6 +195,10 @@ pub fn failure(e: ClientError, servers: &str) -> Failure {
                 .with("cause", reason)
                 .with("hint", hint)
         }
+        ClientError::NoAnswer { url, reason } => Failure::new(3, message)
+            .stderr("hint: read the key (vkv get) to see whether a write was applied\n".to_string())
+            .with("url", url)
+            .with("cause", reason),
         ClientError::BadAddress(_) | ClientError::InvalidKey(_) => Failure::usage(message),
         ClientError::Rejected { status, .. } => Failure::new(2, message).with("status", status),
         ClientError::Server { status, .. } => Failure::new(3, message).with("status", status),
