@@ -191,6 +191,10 @@ impl Backend {
             Backend::Docker(d) => d
                 .compose_run(&["logs", "--no-color", "--no-log-prefix", &format!("kv{id}")])
                 .await
+                // docker-compose 1.x adds its own "Attaching to …" line: not the replica's.
+                .map(|text| {
+                    text.lines().filter(|l| !l.starts_with("Attaching to ")).map(|l| format!("{l}\n")).collect()
+                })
                 .unwrap_or_else(|e| format!("(cannot read logs: {e})")),
         }
     }
