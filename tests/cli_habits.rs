@@ -410,3 +410,14 @@ fn status_shows_a_recovering_replica() {
     assert!(table.lines().any(|l| l.starts_with("2 ") && l.contains(" down ")), "{table}");
     assert!(text(&out.stderr).contains("replica 1 recovering, replica 2 down"), "{}", text(&out.stderr));
 }
+
+/// A server address needs its port: a replica has no default one, and `127.0.0.1` alone would
+/// silently mean port 80.
+#[test]
+fn a_server_address_without_a_port_is_a_usage_error() {
+    for server in ["127.0.0.1", "http://localhost", "[::1]", "127.0.0.1:7000,localhost"] {
+        let out = vkv(&["--server", server, "get", "k"]);
+        assert_eq!(out.status.code(), Some(2), "{server}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("expected host:port"), "{server}: {}", text(&out.stderr));
+    }
+}

@@ -261,6 +261,16 @@ async fn the_page_shows_a_replica_down_one_recovering_and_a_conflicted_key_side_
     let decisions = text("decisions");
     assert!(decisions.contains("conflict (2 siblings)"), "the conflict is among the decisions:\n{decisions}");
 
+    // A key that cannot be read over HTTP (`.` is a path step) is called invalid, not "down".
+    let dot = tokio::task::spawn_blocking({
+        let (chromium, scratch, url) = (chromium.clone(), scratch.clone(), page_url(&f, 1, "."));
+        move || run_chromium(&chromium, &scratch, &["--dump-dom".to_string()], &url)
+    })
+    .await
+    .unwrap();
+    let cell = element_text(&dot, "inspect-2").unwrap_or_else(|| panic!("no #inspect-2:\n{dot}"));
+    assert!(cell.contains("not a valid key"), "replica 2 is up; the key is what is wrong: {cell}");
+
     let png = scratch.join("page.png");
     tokio::task::spawn_blocking({
         let png = png.clone();

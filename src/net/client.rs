@@ -187,6 +187,13 @@ pub struct Client {
 fn parse_base(server: &str) -> Result<Url, ClientError> {
     let server = server.trim();
     let text = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+    // A replica has no default port: `127.0.0.1` alone would silently mean port 80.
+    let authority = text.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    let has_port =
+        authority.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !has_port {
+        return Err(ClientError::BadAddress(server.to_string()));
+    }
     let base = Url::parse(&text).map_err(|_| ClientError::BadAddress(server.to_string()))?;
     if base.scheme() != "http" || base.host_str().is_none() || base.cannot_be_a_base() {
         return Err(ClientError::BadAddress(server.to_string()));
