@@ -405,10 +405,16 @@ async fn bad_client_bodies_are_rejected_and_nothing_is_written() {
         (r#"{"value": "v", "context": [0, 9007199254740993, 0]}"#, StatusCode::BAD_REQUEST, "above the limit"),
         (r#"{"value": "v", "context": [3, 0, 0]}"#, StatusCode::BAD_REQUEST, "ahead of this replica"),
         (r#"{"value": "v", "context": "1,2,3"}"#, StatusCode::BAD_REQUEST, "invalid JSON"),
+        // serde would read a struct from an array of its fields; the API takes objects only.
+        (r#"["v"]"#, StatusCode::BAD_REQUEST, "expected a JSON object"),
+        ("null", StatusCode::BAD_REQUEST, "expected a JSON object"),
     ];
     for (body, status, needle) in cases {
         f.expect_error("PUT", "/kv/k", Some(body), *status, needle).await;
     }
+    // A delete's body is optional: none, `null` or an object; an array is refused.
+    f.expect_error("DELETE", "/kv/k", Some("[]"), StatusCode::BAD_REQUEST, "expected a JSON object").await;
+    f.expect_error("DELETE", "/kv/k", Some("[[0, 0, 0]]"), StatusCode::BAD_REQUEST, "expected a JSON object").await;
     f.expect_error("GET", "/kv/k", None, StatusCode::NOT_FOUND, "not found").await;
     assert_eq!(f.replica.status().await.unwrap().keys, 0, "nothing was written");
 }

@@ -101,6 +101,13 @@ fn parse<T: DeserializeOwned>(body: &Bytes, empty: Option<T>) -> Result<T, AppEr
         }
         return Err(AppError(Error::InvalidInput("the request needs a JSON body".into())));
     }
+    // Every body is a JSON object (`null` too where the body is optional): serde would also
+    // read a struct from an array of its fields (`["v"]` as a write of "v"), which is not the API.
+    let text = body.trim_ascii_start();
+    let optional_null = empty.is_some() && body.trim_ascii() == b"null";
+    if !text.starts_with(b"{") && !optional_null {
+        return Err(AppError(Error::InvalidInput("invalid JSON body: expected a JSON object".into())));
+    }
     serde_json::from_slice(body).map_err(|e| AppError(Error::InvalidInput(format!("invalid JSON body: {e}"))))
 }
 
