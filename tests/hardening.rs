@@ -492,6 +492,16 @@ async fn a_full_disk_fails_cleanly_and_recovers_when_space_returns() {
     assert_eq!(answer.status(), 503);
     let body: serde_json::Value = answer.json().await.unwrap();
     assert_eq!(body["status"], "unhealthy", "{body}");
+    // `/status` says so too, and `vkv status --cluster` shows replica 1 unhealthy, not up.
+    assert_eq!(one.status().await.unwrap().health.as_deref(), Some("unhealthy"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vkv"))
+        .args(["--server", &cluster.address(1), "status", "--cluster"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{table}");
+    let row = table.lines().find(|l| l.starts_with("1 ")).unwrap_or_else(|| panic!("no row for replica 1:\n{table}"));
+    assert!(row.contains("unhealthy"), "{table}");
 
     // Replica 2 comes up: replica 1 ships what it owes, but cannot clear its marks.
     cluster.start(2).unwrap();
