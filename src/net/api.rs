@@ -169,6 +169,29 @@ pub(crate) async fn list_keys(
     Ok(Json(replica.list(query).await?))
 }
 
+/// The answers PUT and DELETE share when a write is refused or half-done, for the OpenAPI
+/// description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: it only describes responses
+enum WriteRefusals {
+    #[response(status = 400, description = "Bad key, query, body or context")]
+    BadRequest(ErrorBody),
+    #[response(
+        status = 409,
+        description = "The context does not cover a version the replica holds: nothing was written"
+    )]
+    Conflict(KeyErrorBody),
+    #[response(status = 408, description = "The body did not arrive in time")]
+    TimedOut(ErrorBody),
+    #[response(status = 413, description = "The key, the value or the body is too large")]
+    TooLarge(ErrorBody),
+    #[response(
+        status = 503,
+        description = "Recovering (nothing written), or `w` not met: then `written` is true and `clock` is the write's, durable here"
+    )]
+    Unavailable(ErrorBody),
+}
+
 /// `PUT /kv/{key}`: writes a value, answered once it is durable here (and at `w` replicas).
 #[utoipa::path(put, path = "/kv/{key}", tag = "keys",
     params(("key" = String, Path, description = "The key: 1 to 1024 bytes of UTF-8, not `.` or `..` (longer: 413)",
@@ -176,13 +199,7 @@ pub(crate) async fn list_keys(
     request_body = WriteRequest,
     responses(
         (status = 200, description = "Written and durable: the new version's clock", body = WriteResponse),
-        (status = 400, description = "Bad key, query, body or context", body = ErrorBody),
-        (status = 409, description = "The context does not cover a version the replica holds: nothing was written",
-            body = KeyErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
-        (status = 413, description = "The key, the value or the body is too large", body = ErrorBody),
-        (status = 503, description = "Recovering (nothing written), or `w` not met: then `written` is true and \
-            `clock` is the write's, durable here", body = ErrorBody)))]
+        WriteRefusals))]
 pub(crate) async fn write_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
@@ -202,13 +219,7 @@ pub(crate) async fn write_key(
     request_body(content = Option<DeleteRequest>, description = "Optional: the context read"),
     responses(
         (status = 200, description = "Deleted (a tombstone), durable: its clock", body = WriteResponse),
-        (status = 400, description = "Bad key, query, body or context", body = ErrorBody),
-        (status = 409, description = "The context does not cover a version the replica holds: nothing was written",
-            body = KeyErrorBody),
-        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
-        (status = 413, description = "The key, the value or the body is too large", body = ErrorBody),
-        (status = 503, description = "Recovering (nothing written), or `w` not met: then `written` is true and \
-            `clock` is the write's, durable here", body = ErrorBody)))]
+        WriteRefusals))]
 pub(crate) async fn delete_key(
     State(replica): Shared,
     key: Result<Path<String>, PathRejection>,
@@ -349,21 +360,11 @@ pub(crate) async fn readyz(state: Shared) -> Response {
     (status = 200, description = "Serving reads and writes", body = HealthBody),
     (status = 503, description = "Recovering (reads only) or the store is failing", body = HealthBody)))]
 pub(crate) async fn health(State(replica): Shared) -> Response {
-    let body = |status: &str, error: Option<String>| HealthBody {
-        status: status.into(),
-        replica: replica.id(),
-        cluster: replica.cluster_id().to_string(),
-        error,
-    };
-    if let Some(problem) = replica.storage_problem().await {
-        let body = body("unhealthy", Some(format!("the store is failing: {problem}")));
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
-    if replica.is_recovering() {
-        let body = body("recovering", Some("recovering from peers: writes are refused".into()));
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
-    Json(body("ok", None)).into_response()
+    let (status, error) = replica.readiness().await;
+    let code = if error.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body =
+        HealthBody { status: status.into(), replica: replica.id(), cluster: replica.cluster_id().to_string(), error };
+    (code, Json(body)).into_response()
 }
 
 /// `/status`: this replica's view of the cluster, its peers probed now.

@@ -216,18 +216,22 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
         content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub(crate) async fn serve(State(replica): State<Arc<Replica>>) -> Response {
     let handle = install();
-    let healthy = replica.storage_problem().await.is_none();
-    gauge!("vkv_store_healthy").set(if healthy { 1.0 } else { 0.0 });
     gauge!("vkv_recovering").set(if replica.is_recovering() { 1.0 } else { 0.0 });
-    // The status probe reads the store; a failing store leaves the last readings in place.
-    if let Ok(status) = replica.status().await {
-        gauge!("vkv_keys").set(status.keys as f64);
-        for peer in &status.peers {
-            let id = peer.id.to_string();
-            gauge!("vkv_outbox_depth", "peer" => id.clone()).set(peer.outbox_depth as f64);
-            gauge!("vkv_peer_up", "peer" => id).set(if peer.reachable { 1.0 } else { 0.0 });
+    // The status probe reads the store and carries the readiness verdict (one store probe per
+    // scrape); if it cannot read the store, the last readings stay and the store is probed alone.
+    let healthy = match replica.status().await {
+        Ok(status) => {
+            gauge!("vkv_keys").set(status.keys as f64);
+            for peer in &status.peers {
+                let id = peer.id.to_string();
+                gauge!("vkv_outbox_depth", "peer" => id.clone()).set(peer.outbox_depth as f64);
+                gauge!("vkv_peer_up", "peer" => id).set(if peer.reachable { 1.0 } else { 0.0 });
+            }
+            status.health.as_deref() != Some("unhealthy")
         }
-    }
+        Err(_) => replica.storage_problem().await.is_none(),
+    };
+    gauge!("vkv_store_healthy").set(if healthy { 1.0 } else { 0.0 });
     handle.run_upkeep();
     ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], handle.render()).into_response()
 }

@@ -59,14 +59,17 @@ impl Replica {
             peers,
             keys,
             recovering: self.is_recovering(),
-            health: Some(
-                match self.storage_problem().await {
-                    Some(_) => "unhealthy",
-                    None if self.is_recovering() => "recovering",
-                    None => "ok",
-                }
-                .to_string(),
-            ),
+            health: Some(self.readiness().await.0.to_string()),
         })
+    }
+
+    /// The readiness verdict `/readyz` answers and `/status` carries: `ok`; `recovering` (reads
+    /// only, writes refused); `unhealthy` (the store is failing) — with the reason when not ok.
+    pub async fn readiness(&self) -> (&'static str, Option<String>) {
+        match self.storage_problem().await {
+            Some(problem) => ("unhealthy", Some(format!("the store is failing: {problem}"))),
+            None if self.is_recovering() => ("recovering", Some("recovering from peers: writes are refused".into())),
+            None => ("ok", None),
+        }
     }
 }
