@@ -5,25 +5,14 @@ use std::time::Duration;
 
 use vkv_testkit::{free_ports, LocalCluster, Stop};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_vkv-server");
+mod common;
+
+use common::{start_cluster, text, SERVER};
+
 const CLI: &str = env!("CARGO_BIN_EXE_vkv");
 
 fn run(bin: &str, args: &[&str]) -> Output {
     Command::new(bin).args(args).env_remove("VKV_CLUSTER_KEY").output().unwrap()
-}
-
-/// A healthy local cluster of `n` replicas, with its temp dir (keep it alive) and a runtime.
-fn start_cluster(n: usize) -> (tempfile::TempDir, LocalCluster, tokio::runtime::Runtime) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::new(SERVER, free_ports(n).unwrap(), dir.path());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    cluster.start_all().unwrap();
-    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
-    (dir, cluster, rt)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Every malformed cluster description is refused with exit code 2 and a message naming the flag.

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vkv_testkit::{free_ports, LocalCluster, Stop};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_vkv-server");
+mod common;
+
+use common::{start_cluster, text, SERVER};
+
 const CLI: &str = env!("CARGO_BIN_EXE_vkv");
 
 /// Runs `vkv` with `args`, the environment variables `env` (VKV_SERVER only when given here) and
@@ -38,10 +41,6 @@ fn vkv(args: &[&str]) -> Output {
     vkv_with(args, &[], b"")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// The one JSON object a `--json` run printed (panics if stdout is anything else).
 fn json_of(out: &Output) -> Value {
     let stdout = text(&out.stdout);
@@ -56,16 +55,6 @@ fn json_failure(out: &Output, code: i32) -> Value {
     assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{json}");
     assert_eq!(json["exit_code"], code, "{json}");
     json
-}
-
-/// A healthy local cluster of `n` replicas, with its temp dir (keep it alive) and a runtime.
-fn start_cluster(n: usize) -> (tempfile::TempDir, LocalCluster, tokio::runtime::Runtime) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = LocalCluster::new(SERVER, free_ports(n).unwrap(), dir.path());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    cluster.start_all().unwrap();
-    rt.block_on(cluster.wait_all_healthy(Duration::from_secs(10))).unwrap();
-    (dir, cluster, rt)
 }
 
 /// A loopback port with nothing listening on it.
