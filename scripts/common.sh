@@ -56,3 +56,12 @@ wait_compose_healthy() {
     fi
   done
 }
+
+# The Docker Swarm stack of swarm-up.sh / swarm-down.sh / swarm-test.sh.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+STACK=vkv
+# Present while the swarm on this engine is one that swarm-up.sh initialised: swarm-down.sh
+# then leaves it; a swarm that was there before is left alone. It lists what `swarm leave` does
+# not remove: the docker_gwbridge network `swarm init` creates, unless it existed before.
+# shellcheck disable=SC2034
+MARKER=vkv-data/swarm/initialised-by-swarm-up

@@ -9,8 +9,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
 . scripts/common.sh
 require_docker
-STACK=vkv
-MARKER=vkv-data/swarm/initialised-by-swarm-up
 label="label=com.docker.stack.namespace=$STACK"
 
 if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ]; then

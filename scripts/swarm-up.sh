@@ -14,11 +14,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
 . scripts/common.sh
 require_docker
-STACK=vkv
-# Present while the swarm on this engine is one that swarm-up.sh initialised: swarm-down.sh
-# then leaves it; a swarm that was there before is left alone. It lists what `swarm leave` does
-# not remove: the docker_gwbridge network `swarm init` creates, unless it existed before.
-MARKER=vkv-data/swarm/initialised-by-swarm-up
 mkdir -p "$(dirname "$MARKER")"
 
 state=$(docker info --format '{{.Swarm.LocalNodeState}}')
