@@ -17,6 +17,8 @@
 //!   bin/        vkv-server (wires a replica, its background tasks and the HTTP server), vkv (CLI)
 //!   net::api    HTTP edge: axum routes, JSON errors             uses node, sync, net::{protocol,auth}
 //!   net::page   the live cluster page (GET /), GET /decisions   uses node, net::api (its error)
+//!   net::exporter  GET /metrics: recorder, request metrics      uses node
+//!   net::openapi   GET /openapi.json, generated from the routes uses net::{api,exporter,page}, node
 //!   net::server connections: timeouts, cap, bounded shutdown    uses net::protocol
 //!   sync/       senders, anti-entropy (both sides), recovery    uses node, net::peer, storage
 //!   node/       replica (write and merge paths, decision log),  uses net::peer, storage
@@ -24,7 +26,8 @@
 //!   net::peer   the peer protocol's HTTP client, typed errors   uses net::{protocol,auth}
 //!   net::client the public API's typed client (CLI, tools)      uses net::protocol
 //!   net::{protocol,auth}  JSON shapes and limits; peer identity, cluster id, signatures
-//!   storage/    redb: sibling sets + per-peer outboxes, group commit, fault recovery, repair
+//!   storage/    redb: sibling sets + per-peer outboxes, group commit, fault recovery, repair,
+//!               key listing
 //!   error       the error type, named for the caller's next step
 //!   core/       clock, versions (sibling sets, write and merge rules), cluster membership: pure
 //! ```
