@@ -27,6 +27,11 @@ use vkv::replica::{Config, Replica};
 use vkv::server::{connection_cap, Limits};
 use vkv::store::Repair;
 
+/// mimalloc instead of glibc's allocator: under load glibc's arena locks and chunk consolidation
+/// were ~17% of a replica's CPU (see report/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One replica of a vkv cluster. Peers are the *other* replicas: N = 1 + number of peers.
 /// Give them either as --hosts/--ports (the others) or as --members (everyone).
 #[derive(Parser, Debug)]

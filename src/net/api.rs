@@ -435,6 +435,6 @@ pub fn app(replica: Arc<Replica>) -> Router {
         // tower-http's TraceLayer cost 4% of a replica's GET throughput even with its DEBUG lines
         // filtered out, and it logged failures a second time in its own format. Errors are logged
         // once, by the error path above, at a level that fits.
-        .layer(middleware::from_fn(exporter::track))
+        .layer(exporter::TrackLayer)
         .with_state(replica)
 }

@@ -139,6 +139,27 @@ pub struct ReplicateEntry {
     pub versions: Vec<Version>,
 }
 
+/// [`ReplicateRequest`] as a sender writes it: each set is the JSON the store holds, shipped
+/// as it is (the stored form of a set *is* the `versions` array), so a sender neither decodes
+/// nor re-encodes the sets it ships. The receiver reads it as a [`ReplicateRequest`] and
+/// validates every version as usual.
+#[derive(Debug, Serialize)]
+pub struct ReplicateBatch<'a> {
+    /// The sending replica's id.
+    pub from: ReplicaId,
+    /// The keys with their stored sets.
+    pub entries: Vec<RawEntry<'a>>,
+}
+
+/// One key of a [`ReplicateBatch`].
+#[derive(Debug, Serialize)]
+pub struct RawEntry<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The sender's sibling set for it, as stored: a JSON array of versions.
+    pub versions: &'a serde_json::value::RawValue,
+}
+
 /// Answer to `POST /replicate`, once the whole batch is durable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicateResponse {

@@ -91,7 +91,11 @@ pub(crate) const BODY_TIMEOUT_MESSAGE: &str = "request body not received in time
 /// A request body that fails once its deadline passes.
 struct DeadlineBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the head arrived plus the limit: the body must be in by then.
+    due: tokio::time::Instant,
+    /// The timer for `due`, made on the first poll: most requests (every GET) have no body and
+    /// never poll it, so they cost no timer registration.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     limit: Duration,
 }
 
@@ -101,7 +105,9 @@ impl http_body::Body for DeadlineBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let due = this.due;
+        let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if deadline.as_mut().poll(cx).is_ready() {
             let message = format!("{BODY_TIMEOUT_MESSAGE} (within {:?} of its head)", this.limit);
             return Poll::Ready(Some(Err(message.into())));
         }
@@ -330,9 +336,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let conn = tracked.clone();
                     conn.requests_in_flight.fetch_add(1, Ordering::SeqCst);
-                    let deadline = Box::pin(tokio::time::sleep(limits.body_timeout));
-                    let request =
-                        request.map(|inner| Body::new(DeadlineBody { inner, deadline, limit: limits.body_timeout }));
+                    let due = tokio::time::Instant::now() + limits.body_timeout;
+                    let request = request.map(|inner| {
+                        Body::new(DeadlineBody { inner, due, deadline: None, limit: limits.body_timeout })
+                    });
                     let app = app.clone();
                     async move {
                         let response: Result<Response<Body>, std::convert::Infallible> = app.oneshot(request).await;

@@ -17,6 +17,11 @@
 //! The contract is exact: a job's `done` hears `Ok` only after the commit that holds its write; a
 //! job its own rule refuses (a 409, say) fails alone, nothing of it written; if the commit fails,
 //! every job of the batch gets the error and none is acknowledged.
+//!
+//! The senders' acknowledgements (clearing delivered outbox marks) ride the same queue: they
+//! join the next batch instead of taking redb's single write lock for a transaction of their own
+//! between two group commits. A batch of acknowledgements alone commits without fsync (a mark
+//! that comes back after a crash only re-ships a set the peer already holds).
 
 use std::any::Any;
 use std::sync::Mutex;
@@ -24,6 +29,7 @@ use std::sync::Mutex;
 use redb::{ReadableTable, TableDefinition};
 
 use super::store::{decode, encode, outbox_name, Store, COUNTERS, KEYS, MARK_SEQUENCE};
+use crate::core::cluster::ReplicaId;
 use crate::core::versions::SiblingSet;
 use crate::error::{Error, Result};
 
@@ -32,9 +38,17 @@ type Decide = Box<dyn FnOnce(&SiblingSet) -> Result<(SiblingSet, Answer)> + Send
 type Done = Box<dyn FnOnce(Result<Answer>) + Send>;
 
 struct Job {
-    key: String,
-    decide: Option<Decide>,
+    work: Work,
     done: Done,
+}
+
+/// What a queued job does in the batch's transaction.
+enum Work {
+    /// A client write to `key`, decided on the key's current set.
+    Write { key: String, decide: Option<Decide> },
+    /// Clear the marks `peer` acknowledged, each only if it still holds the number read with it;
+    /// answers how many were cleared.
+    Acknowledge { peer: ReplicaId, delivered: Vec<(String, u64)> },
 }
 
 /// The jobs waiting for the next commit, and whether some thread is leading.
@@ -75,8 +89,26 @@ impl Store {
         let done: Done = Box::new(move |answer: Result<Answer>| {
             done(answer.map(|a| *a.downcast::<T>().expect("a job's answer has the job's type")))
         });
+        self.enqueue(Job { work: Work::Write { key, decide: Some(decide) }, done })
+    }
+
+    /// Queues the clearing of the marks `peer` acknowledged for the next group commit; `done`
+    /// gets how many were cleared (a mark a newer write replaced stays) once that commit is in.
+    pub fn submit_acknowledge(
+        &self,
+        peer: ReplicaId,
+        delivered: Vec<(String, u64)>,
+        done: impl FnOnce(Result<usize>) + Send + 'static,
+    ) -> Lead {
+        let done: Done = Box::new(move |answer: Result<Answer>| {
+            done(answer.map(|a| *a.downcast::<usize>().expect("an acknowledgement answers a count")))
+        });
+        self.enqueue(Job { work: Work::Acknowledge { peer, delivered }, done })
+    }
+
+    fn enqueue(&self, job: Job) -> Lead {
         let mut queue = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
-        queue.jobs.push(Job { key, decide: Some(decide), done });
+        queue.jobs.push(job);
         if std::mem::replace(&mut queue.leading, true) {
             Lead::Queued
         } else {
@@ -127,13 +159,28 @@ impl Store {
         rx.recv().map_err(|_| Error::Storage("the group commit ended without an answer".into()))?
     }
 
-    /// One transaction for the whole batch: each job decides on the set as the jobs before it
-    /// left it. Commits if any job wrote; returns each job's answer (or its own refusal).
+    /// Clears the marks `peer` acknowledged (see [`Store::submit_acknowledge`]), through the
+    /// group commit, for a caller that may block. Returns how many marks were cleared.
+    pub fn acknowledge(&self, peer: ReplicaId, delivered: &[(String, u64)]) -> Result<usize> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.submit_acknowledge(peer, delivered.to_vec(), move |answer| {
+            let _ = tx.send(answer);
+        }) == Lead::Yours
+        {
+            self.lead();
+        }
+        rx.recv().map_err(|_| Error::Storage("the group commit ended without an answer".into()))?
+    }
+
+    /// One transaction for the whole batch: each write decides on the set as the jobs before it
+    /// left it. Commits durably if any job wrote, without fsync if only acknowledgements cleared
+    /// marks; returns each job's answer (or its own refusal).
     fn commit_batch(&self, batch: &mut [Job]) -> Result<Vec<Result<Answer>>> {
         self.with_db(|db| {
             let txn = db.begin_write()?;
             let mut answers = Vec::with_capacity(batch.len());
             let mut wrote = false;
+            let mut cleared_any = false;
             {
                 let mut keys = txn.open_table(KEYS)?;
                 let mut counters = txn.open_table(COUNTERS)?;
@@ -143,17 +190,37 @@ impl Store {
                 }
                 let mut mark = counters.get(MARK_SEQUENCE)?.map(|g| g.value()).unwrap_or(0);
                 for job in batch.iter_mut() {
-                    let current = match keys.get(job.key.as_str())? {
-                        Some(bytes) => decode(&job.key, bytes.value())?,
+                    let (key, decide) = match &mut job.work {
+                        Work::Write { key, decide } => (key, decide),
+                        Work::Acknowledge { peer, delivered } => {
+                            let Some(outbox) = self.peers.iter().position(|p| *p == *peer).map(|i| &mut outboxes[i])
+                            else {
+                                answers.push(Err(Error::InvalidInput(format!("replica {peer} is not a peer"))));
+                                continue;
+                            };
+                            let mut cleared = 0usize;
+                            for (key, read) in delivered.iter() {
+                                if outbox.get(key.as_str())?.map(|g| g.value()) == Some(*read) {
+                                    outbox.remove(key.as_str())?;
+                                    cleared += 1;
+                                }
+                            }
+                            cleared_any |= cleared > 0;
+                            answers.push(Ok(Box::new(cleared) as Answer));
+                            continue;
+                        }
+                    };
+                    let current = match keys.get(key.as_str())? {
+                        Some(bytes) => decode(key, bytes.value())?,
                         None => SiblingSet::new(),
                     };
-                    let decide = job.decide.take().expect("each job decides once");
+                    let decide = decide.take().expect("each job decides once");
                     match decide(&current) {
                         Ok((next, answer)) => {
-                            keys.insert(job.key.as_str(), encode(&next).as_slice())?;
+                            keys.insert(key.as_str(), encode(&next).as_slice())?;
                             mark += 1;
                             for outbox in &mut outboxes {
-                                outbox.insert(job.key.as_str(), mark)?;
+                                outbox.insert(key.as_str(), mark)?;
                             }
                             wrote = true;
                             answers.push(Ok(answer));
@@ -165,6 +232,10 @@ impl Store {
             }
             if wrote {
                 self.commit(txn)?;
+            } else if cleared_any {
+                // No fsync: the next durable commit carries this to the disk; a crash before it
+                // brings the marks back and the sets ship again (idempotent at the peer).
+                self.commit_lazily(txn)?;
             } else {
                 txn.abort()?;
             }

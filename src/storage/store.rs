@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde_json::value::RawValue;
 
 pub use super::commit::Lead;
 use super::file::Fault;
@@ -57,8 +58,17 @@ pub struct Pending {
     pub key: String,
     /// The outbox mark read with the set; acknowledging clears it only if unchanged.
     pub mark: u64,
-    /// The key's sibling set at read time.
-    pub set: SiblingSet,
+    /// The key's sibling set at read time, as the JSON it is stored as (an array of versions,
+    /// which is also its form on the wire): a sender ships these bytes as they are instead of
+    /// decoding and re-encoding every set (see `ReplicateBatch`).
+    pub set: Box<RawValue>,
+}
+
+impl Pending {
+    /// The set's clocks, decoded (for log lines); empty if the stored bytes do not decode.
+    pub fn clocks(&self) -> Vec<VectorClock> {
+        serde_json::from_str::<SiblingSet>(self.set.get()).map(|s| s.clocks()).unwrap_or_default()
+    }
 }
 
 /// The decision taken for one incoming version — what the replica logs.
@@ -92,6 +102,14 @@ pub struct Store {
 
 pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<SiblingSet> {
     serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("stored entry for key {key:?} is corrupt: {e}")))
+}
+
+/// A stored set as raw JSON, checked to be well-formed JSON (not decoded into versions).
+fn raw_set(key: &str, bytes: &[u8]) -> Result<Box<RawValue>> {
+    std::str::from_utf8(bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|text| RawValue::from_string(text.to_string()).map_err(|e| e.to_string()))
+        .map_err(|e| Error::Storage(format!("stored entry for key {key:?} is corrupt: {e}")))
 }
 
 pub(super) fn encode(set: &SiblingSet) -> Vec<u8> {
@@ -292,34 +310,10 @@ impl Store {
                     continue; // cannot happen: marks are written with their key
                 };
                 bytes += raw.value().len();
-                let set = decode(&key, raw.value())?;
+                let set = raw_set(&key, raw.value())?;
                 batch.push(Pending { key, mark: mark.value(), set });
             }
             Ok(batch)
-        })
-    }
-
-    /// Clears the marks `peer` acknowledged, each only if it still holds the number that was
-    /// read (a newer write keeps its key queued). Returns how many marks were cleared.
-    pub fn acknowledge(&self, peer: ReplicaId, delivered: &[(String, u64)]) -> Result<usize> {
-        self.with_db(|db| {
-            let txn = db.begin_write()?;
-            let mut cleared = 0;
-            {
-                let name = outbox_name(peer);
-                let mut outbox = txn.open_table(TableDefinition::<&str, u64>::new(&name))?;
-                for (key, mark) in delivered {
-                    let current = outbox.get(key.as_str())?.map(|g| g.value());
-                    if current == Some(*mark) {
-                        outbox.remove(key.as_str())?;
-                        cleared += 1;
-                    }
-                }
-            }
-            // No fsync: the next client commit carries this to the disk; a crash before it
-            // brings the marks back and the sets ship again (idempotent at the peer).
-            self.commit_lazily(txn)?;
-            Ok(cleared)
         })
     }
 

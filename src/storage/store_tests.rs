@@ -58,7 +58,8 @@ fn acknowledge_keeps_keys_written_meanwhile() {
     let left = store.pending(2, None, 10, usize::MAX, &HashSet::new()).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].key, "b");
-    assert_eq!(left[0].set.versions()[0].value.as_deref(), Some("2"));
+    let set: SiblingSet = serde_json::from_str(left[0].set.get()).unwrap();
+    assert_eq!(set.versions()[0].value.as_deref(), Some("2"));
     assert_eq!(store.outbox_depth(3).unwrap(), 2, "other peers are untouched");
 }
 
@@ -251,6 +252,67 @@ fn refuses_a_data_dir_of_another_layout_or_member() {
     let other = Layout::from_flags("127.0.0.1", 7000, 2, &["127.0.0.1".into()], &[7009]).unwrap();
     let err = Store::open(dir.path(), &other).err().expect("must refuse");
     assert!(matches!(err, Error::Conflict(_)), "{err}");
+}
+
+#[test]
+fn acknowledgements_share_a_batch_with_writes_and_alone_commit_without_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    for key in ["a", "b", "c"] {
+        put(&store, key, "1");
+    }
+    let delivered: Vec<_> = store
+        .pending(2, None, 10, usize::MAX, &HashSet::new())
+        .unwrap()
+        .iter()
+        .map(|p| (p.key.clone(), p.mark))
+        .collect();
+    // One batch: a write to "b" queued before the acknowledgement, one to "c" after it, and an
+    // acknowledgement for a replica that is not a peer. The leader is this thread, called once
+    // all four are queued, so they share one transaction.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let write = |key: &str| {
+        let tx = tx.clone();
+        let key_owned = key.to_string();
+        store.submit(
+            key.to_string(),
+            |cur| {
+                let clock = cur.client_write(3, None, 0).unwrap();
+                Ok((SiblingSet::single(Version::value("2", clock)), ()))
+            },
+            move |answer: Result<()>| tx.send(format!("{key_owned} {}", answer.is_ok())).unwrap(),
+        )
+    };
+    assert_eq!(write("b"), Lead::Yours);
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+    let ack_tx2 = ack_tx.clone();
+    assert_eq!(store.submit_acknowledge(2, delivered.clone(), move |n| ack_tx.send(n).unwrap()), Lead::Queued);
+    assert_eq!(store.submit_acknowledge(9, delivered.clone(), move |n| ack_tx2.send(n).unwrap()), Lead::Queued);
+    assert_eq!(write("c"), Lead::Queued);
+    let before = store.commits();
+    store.lead();
+    assert_eq!(store.commits() - before, 1, "one durable commit for the whole batch");
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["b true", "c true"]);
+    // b's mark was replaced before the acknowledgement ran; c's was still the one read (its
+    // write comes after in the batch, and marks it again).
+    assert_eq!(ack_rx.recv().unwrap().unwrap(), 2, "a's and c's marks cleared, b's kept");
+    assert!(matches!(ack_rx.recv().unwrap(), Err(Error::InvalidInput(_))), "not a peer: refused alone");
+    let left: Vec<String> =
+        store.pending(2, None, 10, usize::MAX, &HashSet::new()).unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(left, ["b", "c"], "keys rewritten around the acknowledgement stay queued");
+    assert_eq!(store.outbox_depth(3).unwrap(), 3, "another peer's marks are untouched");
+
+    // Acknowledgements alone: committed (visible at once) without an fsync.
+    let delivered: Vec<_> = store
+        .pending(2, None, 10, usize::MAX, &HashSet::new())
+        .unwrap()
+        .iter()
+        .map(|p| (p.key.clone(), p.mark))
+        .collect();
+    let before = store.commits();
+    assert_eq!(store.acknowledge(2, &delivered).unwrap(), 2);
+    assert_eq!(store.commits(), before, "no durable commit for acknowledgements alone");
+    assert_eq!(store.outbox_depth(2).unwrap(), 0);
 }
 
 /// A blind client write at position 0 through group commit: `value` at the clock after the set's.

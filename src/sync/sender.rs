@@ -34,10 +34,10 @@ use crate::core::cluster::{Member, ReplicaId};
 use crate::core::show::Clocks;
 use crate::error::{Error, Result};
 use crate::net::peer::{PeerClient, PeerError, PeerTransport, CONNECT_TIMEOUT};
-use crate::net::protocol::{ReplicateEntry, ReplicateRequest, MAX_REPLICATE_BODY_BYTES};
+use crate::net::protocol::{RawEntry, ReplicateBatch, MAX_REPLICATE_BODY_BYTES};
 use crate::node::link::PeerLink;
 use crate::storage::on_store;
-use crate::storage::store::{Pending, Store};
+use crate::storage::store::{Lead, Pending, Store};
 
 /// First retry delay after a failure. Doubles per failure up to [`BACKOFF_MAX`].
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -69,7 +69,7 @@ pub const IDLE_POLL: Duration = Duration::from_secs(5);
 fn summarise(batch: &[Pending]) -> String {
     const SHOWN: usize = 3;
     let mut parts: Vec<String> =
-        batch.iter().take(SHOWN).map(|p| format!("{:?} {}", p.key, Clocks(&p.set.clocks()))).collect();
+        batch.iter().take(SHOWN).map(|p| format!("{:?} {}", p.key, Clocks(&p.clocks()))).collect();
     if batch.len() > SHOWN {
         parts.push(format!("… {} more", batch.len() - SHOWN));
     }
@@ -97,12 +97,9 @@ impl<P: PeerTransport> Sender<P> {
     }
 
     async fn ship(&self, batch: &[Pending]) -> std::result::Result<(), ShipError> {
-        let request = ReplicateRequest {
+        let request = ReplicateBatch {
             from: self.me,
-            entries: batch
-                .iter()
-                .map(|p| ReplicateEntry { key: p.key.clone(), versions: p.set.versions().to_vec() })
-                .collect(),
+            entries: batch.iter().map(|p| RawEntry { key: &p.key, versions: &p.set }).collect(),
         };
         match self.peers.notify(&self.link.member, "/replicate", &request, None).await {
             Ok(()) => Ok(()),
@@ -115,22 +112,27 @@ impl<P: PeerTransport> Sender<P> {
         }
     }
 
-    /// Starts clearing `batch`'s marks on the blocking pool; the sender reads and ships the next
-    /// batch meanwhile (see [`Acking`]).
+    /// Queues the clearing of `batch`'s marks into the store's next group commit; the sender
+    /// reads and ships the next batch meanwhile (see [`Acking`]).
     fn start_acknowledge(&self, batch: Vec<Pending>) -> Acking {
         let peer = self.link.member.id;
         let delivered: Vec<(String, u64)> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
-        let store = self.store.clone();
-        let task = tokio::spawn(
-            async move { on_store(&store, move |store| store.acknowledge(peer, &delivered)).await }.in_current_span(),
-        );
-        Acking { batch, task }
+        let (answer, cleared) = tokio::sync::oneshot::channel();
+        let done = move |outcome: Result<usize>| {
+            let _ = answer.send(outcome);
+        };
+        if self.store.submit_acknowledge(peer, delivered, done) == Lead::Yours {
+            let (store, span) = (self.store.clone(), tracing::Span::current());
+            tokio::task::spawn_blocking(move || span.in_scope(|| store.lead()));
+        }
+        Acking { batch, cleared }
     }
 
     /// Waits for an acknowledgement started by [`Sender::start_acknowledge`] and logs the delivery.
     async fn finish_acknowledge(&self, acking: Acking, progress: &mut Progress, stop: &mut watch::Receiver<bool>) {
-        let Acking { batch, task } = acking;
-        let cleared = task.await.unwrap_or_else(|e| Err(Error::Storage(format!("acknowledge task: {e}"))));
+        let Acking { batch, cleared } = acking;
+        let cleared =
+            cleared.await.unwrap_or_else(|_| Err(Error::Storage("the group commit ended without an answer".into())));
         match cleared {
             Ok(cleared) => {
                 if let Some(failures) = progress.local_ok() {
@@ -273,7 +275,7 @@ impl<P: PeerTransport> Sender<P> {
         }
         if let Some(a) = acking.take() {
             // Clear what was delivered before stopping (a mark left behind would only re-ship).
-            let _ = a.task.await;
+            let _ = a.cleared.await;
         }
         debug!("sender stopped");
     }
@@ -282,7 +284,7 @@ impl<P: PeerTransport> Sender<P> {
 /// A delivered batch whose marks are being cleared in the background.
 struct Acking {
     batch: Vec<Pending>,
-    task: tokio::task::JoinHandle<Result<usize>>,
+    cleared: tokio::sync::oneshot::Receiver<Result<usize>>,
 }
 
 /// Sleeps `delay`, cut short by `stop`.

@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Mutex;
 
 use super::*;
+use crate::core::clock::VectorClock;
 use crate::core::cluster::Layout;
 use crate::core::versions::{SiblingSet, Version};
+use crate::net::protocol::{ReplicateEntry, ReplicateRequest};
 
 /// A peer that is down for its first `down` requests, refuses any batch holding `refuse`
 /// (400), refuses this replica's membership while `mismatch` is set (409), and records the
@@ -20,6 +22,8 @@ struct FakePeer {
     mismatch: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
     received: Arc<Mutex<BTreeSet<String>>>,
+    /// Every entry accepted, as the receiver decoded it.
+    entries: Arc<Mutex<Vec<ReplicateEntry>>>,
 }
 
 impl PeerTransport for FakePeer {
@@ -57,7 +61,8 @@ impl PeerTransport for FakePeer {
         if let Some(bad) = self.refuse.filter(|bad| request.entries.iter().any(|e| e.key == *bad)) {
             return Err(PeerError::Refused { path, status: 400, message: format!("{bad} refused") });
         }
-        self.received.lock().unwrap().extend(request.entries.into_iter().map(|e| e.key));
+        self.received.lock().unwrap().extend(request.entries.iter().map(|e| e.key.clone()));
+        self.entries.lock().unwrap().extend(request.entries);
         Ok(())
     }
 }
@@ -146,10 +151,44 @@ async fn a_membership_refusal_is_recorded_until_the_peer_accepts() {
     f.stop.send(true).unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_stored_sets_reach_the_peer_as_the_versions_they_hold() {
+    let peer = FakePeer::default();
+    let f = start(peer.clone(), &["a", "b"]);
+    // A concurrent version from replica 2 makes "b" a two-sibling set; a value with quotes,
+    // a backslash and a non-ASCII character must survive the raw pass-through too.
+    let concurrent = Version::value("from \"2\" \\ é", VectorClock::from(vec![0, 1]));
+    f.store
+        .write_local("b", move |current| {
+            let mut set = current.clone();
+            set.merge(concurrent);
+            Ok((set, ()))
+        })
+        .unwrap();
+    f.link.wake();
+    until("both keys delivered with b's two siblings", || {
+        let entries = peer.entries.lock().unwrap();
+        entries.iter().any(|e| e.key == "b" && e.versions.len() == 2) && entries.iter().any(|e| e.key == "a")
+    })
+    .await;
+    let entries = peer.entries.lock().unwrap();
+    for key in ["a", "b"] {
+        let last = entries.iter().rev().find(|e| e.key == key).unwrap();
+        assert_eq!(last.versions, f.store.get(key).unwrap().versions(), "key {key}");
+    }
+    f.stop.send(true).unwrap();
+}
+
 // The decisions alone (`Progress`), step by step.
 
 fn pending(keys: &[&str]) -> Vec<Pending> {
-    keys.iter().map(|k| Pending { key: k.to_string(), mark: 1, set: SiblingSet::new() }).collect()
+    keys.iter()
+        .map(|k| Pending {
+            key: k.to_string(),
+            mark: 1,
+            set: serde_json::value::RawValue::from_string("[]".into()).unwrap(),
+        })
+        .collect()
 }
 
 #[test]
