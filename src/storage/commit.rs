@@ -29,6 +29,7 @@ use std::sync::Mutex;
 use redb::{ReadableTable, TableDefinition};
 
 use super::store::{decode, encode, outbox_name, Store, COUNTERS, KEYS, MARK_SEQUENCE};
+use super::wal::Frame;
 use crate::core::cluster::ReplicaId;
 use crate::core::versions::SiblingSet;
 use crate::error::{Error, Result};
@@ -139,6 +140,9 @@ impl Store {
             for (job, answer) in batch.into_iter().zip(answers) {
                 (job.done)(answer);
             }
+            // After the answers, so no writer waits for it. A failure is the store's fault
+            // (recorded by with_db) and surfaces at the next commit.
+            let _ = self.with_db(|db| self.checkpoint_if_due(db));
         }
     }
 
@@ -179,7 +183,7 @@ impl Store {
         self.with_db(|db| {
             let txn = db.begin_write()?;
             let mut answers = Vec::with_capacity(batch.len());
-            let mut wrote = false;
+            let mut frame = Frame::default();
             let mut cleared_any = false;
             {
                 let mut keys = txn.open_table(KEYS)?;
@@ -217,12 +221,13 @@ impl Store {
                     let decide = decide.take().expect("each job decides once");
                     match decide(&current) {
                         Ok((next, answer)) => {
-                            keys.insert(key.as_str(), encode(&next).as_slice())?;
+                            let encoded = encode(&next);
+                            keys.insert(key.as_str(), encoded.as_slice())?;
                             mark += 1;
                             for outbox in &mut outboxes {
                                 outbox.insert(key.as_str(), mark)?;
                             }
-                            wrote = true;
+                            frame.add(key, &encoded, Some(mark));
                             answers.push(Ok(answer));
                         }
                         Err(refusal) => answers.push(Err(refusal)),
@@ -230,8 +235,8 @@ impl Store {
                 }
                 counters.insert(MARK_SEQUENCE, mark)?;
             }
-            if wrote {
-                self.commit(txn)?;
+            if !frame.is_empty() {
+                self.commit_logged(txn, frame)?;
             } else if cleared_any {
                 // No fsync: the next durable commit carries this to the disk; a crash before it
                 // brings the marks back and the sets ship again (idempotent at the peer).

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::store::{decode, outbox_name, Store, COUNTERS, DB_FILE, KEYS, META, RECOVERED};
-use crate::core::cluster::Layout;
+use super::store::{decode, outbox_name, Store, COUNTERS, DB_FILE, KEYS, MARK_SEQUENCE, META, RECOVERED};
+use super::wal::{Change, Wal, WAL_FILE};
+use crate::core::cluster::{Layout, ReplicaId};
 use crate::error::{Error, Result};
 
 /// How a data dir's store file stands before it is opened.
@@ -78,6 +79,51 @@ fn open_checked(path: &Path) -> Result<Database> {
     }
 }
 
+/// Applies again, in order, the write-ahead log's frames (the commits since the last checkpoint).
+/// `durable`: commits redb with fsync and empties the log; otherwise commits without fsync and
+/// keeps the log (the next checkpoint empties it). Each change puts a key's whole set (and a
+/// client write's mark for every peer), so frames redb already holds change nothing.
+fn replay(db: &Database, frames: &[Vec<Change>], peers: &[ReplicaId], wal: &mut Wal, durable: bool) -> Result<()> {
+    if frames.is_empty() {
+        return if durable && wal.len() > 0 { wal.clear() } else { Ok(()) };
+    }
+    let changes: usize = frames.iter().map(Vec::len).sum();
+    let txn = db.begin_write()?;
+    {
+        let mut keys = txn.open_table(KEYS)?;
+        let mut counters = txn.open_table(COUNTERS)?;
+        let mut outboxes = Vec::with_capacity(peers.len());
+        for &peer in peers {
+            outboxes.push(txn.open_table(TableDefinition::<&str, u64>::new(&outbox_name(peer)))?);
+        }
+        let mut top = counters.get(MARK_SEQUENCE)?.map(|g| g.value()).unwrap_or(0);
+        for change in frames.iter().flatten() {
+            keys.insert(change.key.as_str(), change.set.as_slice())?;
+            if let Some(mark) = change.mark {
+                for outbox in &mut outboxes {
+                    outbox.insert(change.key.as_str(), mark)?;
+                }
+                top = top.max(mark);
+            }
+        }
+        counters.insert(MARK_SEQUENCE, top)?;
+    }
+    if durable {
+        txn.commit()?;
+        wal.clear()?;
+    } else {
+        let mut txn = txn;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
+        txn.commit()?;
+    }
+    tracing::info!(
+        "replayed {} commit(s), {changes} change(s), from the write-ahead log (acknowledged since the last checkpoint)",
+        frames.len()
+    );
+    Ok(())
+}
+
 /// What an operator can do about a store that does not open.
 pub const DAMAGE_HINT: &str = " — if the file is damaged, restart with --repair: the file is moved aside and the \
      replica recovers every key from its peers (see the README, \"A damaged store\")";
@@ -141,12 +187,17 @@ impl Store {
         }
         let db = open_checked(&path)?;
         Self::check_identity(&db, dir, layout)?;
+        let peers: Vec<ReplicaId> = layout.peers().map(|m| m.id).collect();
+        let (mut wal, frames) = Wal::open(dir)?;
+        replay(&db, &frames, &peers, &mut wal, true)?;
         Ok(Store {
             db: RwLock::new(Some(db)),
             path,
-            peers: layout.peers().map(|m| m.id).collect(),
+            peers,
             commits: AtomicU64::new(0),
             queue: Default::default(),
+            wal: Mutex::new(wal),
+            checkpointed: Mutex::new(Instant::now()),
             #[cfg(test)]
             fail_commits: Default::default(),
             fault: Mutex::new(Fault::default()),
@@ -237,7 +288,10 @@ impl Store {
             Ok(db) => {
                 let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::scan(&db)));
                 match scan {
-                    Ok(Ok(())) => return Self::check_identity(&db, dir, layout).map(|()| Repair::Intact),
+                    Ok(Ok(())) => match Wal::open(dir) {
+                        Ok(_) => return Self::check_identity(&db, dir, layout).map(|()| Repair::Intact),
+                        Err(e) => e.to_string(),
+                    },
                     Ok(Err(e)) => e.to_string(),
                     Err(panic) => panic_text(panic),
                 }
@@ -256,6 +310,13 @@ impl Store {
         );
         std::fs::rename(&path, &aside)
             .map_err(|e| Error::Storage(format!("cannot move {} aside: {e}", path.display())))?;
+        // The log goes with the file it completes: the replica starts empty.
+        let log = dir.join(WAL_FILE);
+        match std::fs::rename(&log, dir.join(format!("{WAL_FILE}.damaged-{stamp}"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Storage(format!("cannot move {} aside: {e}", log.display()))),
+        }
         sync_dir(dir)?;
         Ok(Repair::MovedAside(aside))
     }
@@ -353,7 +414,18 @@ impl Store {
         if let Some(old) = db.take() {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(old)));
         }
-        match open_checked(&self.path) {
+        let reopened = open_checked(&self.path).and_then(|reopened| {
+            // Commits since the last checkpoint that redb lost with the failed handle.
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut fresh, frames) = Wal::open(dir)?;
+            // Without fsync and keeping the log: a store reopened on a disk that is still full
+            // serves reads (with every acknowledged write) until a checkpoint goes through.
+            replay(&reopened, &frames, &self.peers, &mut fresh, false)?;
+            *wal = fresh;
+            Ok(reopened)
+        });
+        match reopened {
             Ok(reopened) => {
                 *db = Some(reopened);
                 self.fault.lock().unwrap_or_else(|e| e.into_inner()).needs_reopen = false;

@@ -1,5 +1,6 @@
 //! Durable state: one redb file per replica holding the sibling sets and the per-peer outboxes,
-//! committed together; fault recording, reopening and repair of that file.
+//! committed together and made durable by a write-ahead log; fault recording, reopening and
+//! repair of that file.
 //!
 //! Owns: the store file and everything written to it. Synchronous: callers run it on the
 //! blocking pool. May use: `core`, `error`.
@@ -8,6 +9,7 @@ mod commit;
 mod file;
 mod listing;
 pub mod store;
+mod wal;
 
 use std::sync::Arc;
 

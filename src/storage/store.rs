@@ -12,6 +12,8 @@
 //!   counters      name → u64                     the mark sequence
 //! ```
 //!
+//! Beside the file, `vkv.wal`: the write-ahead log that makes a commit durable (see `wal.rs`).
+//!
 //! # Why marks carry a number
 //!
 //! A client write commits the key's new sibling set *and* a fresh mark (the next value of one
@@ -35,6 +37,7 @@ use serde_json::value::RawValue;
 pub use super::commit::Lead;
 use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
+use super::wal::{Frame, Wal};
 use crate::core::clock::VectorClock;
 use crate::core::cluster::ReplicaId;
 use crate::core::versions::{MergeOutcome, SiblingSet, Version};
@@ -46,6 +49,10 @@ pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("co
 pub(super) const MARK_SEQUENCE: &str = "mark_sequence";
 pub(super) const RECOVERED: &str = "recovered";
 pub(super) const DB_FILE: &str = "vkv.redb";
+/// A checkpoint follows a commit once the last one is this old (and the log is not empty).
+pub(super) const CHECKPOINT_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... or once the log holds this many bytes.
+pub(super) const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 pub(super) fn outbox_name(peer: ReplicaId) -> String {
     format!("outbox.{peer}")
@@ -95,6 +102,10 @@ pub struct Store {
     pub(super) peers: Vec<ReplicaId>,
     pub(super) commits: AtomicU64,
     pub(super) queue: super::commit::CommitQueue,
+    /// The write-ahead log of commits since the last checkpoint (see `wal.rs`).
+    pub(super) wal: Mutex<Wal>,
+    /// When the last checkpoint made redb's pages durable and emptied the log.
+    pub(super) checkpointed: Mutex<std::time::Instant>,
     /// Tests only: make every commit fail (as a full disk would).
     #[cfg(test)]
     pub(super) fail_commits: std::sync::atomic::AtomicBool,
@@ -147,7 +158,62 @@ impl Store {
         Ok(())
     }
 
-    /// Write transactions committed (each one fsync) since the store was opened.
+    /// Commits `txn` durably through the write-ahead log: `frame` (the transaction's changes) is
+    /// appended and fsync'd, then the transaction is committed without fsync, so it is visible
+    /// at once and its pages reach the disk with the next checkpoint. When this returns `Ok`,
+    /// the changes survive a crash. If the append fails, the transaction is dropped: nothing of
+    /// it is visible or durable.
+    pub(super) fn commit_logged(&self, mut txn: redb::WriteTransaction, frame: Frame) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(Error::Storage("injected commit failure".into()));
+        }
+        let started = std::time::Instant::now();
+        {
+            // Held until redb's commit: a checkpoint empties the log only between commits.
+            let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+            wal.append(frame)?;
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
+            txn.commit()?;
+        }
+        metrics::histogram!("vkv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.clear_fault();
+        Ok(())
+    }
+
+    /// Checkpoints (see [`Store::checkpoint`]) if the log holds frames and the last checkpoint
+    /// is [`CHECKPOINT_PERIOD`] old, or the log passed [`CHECKPOINT_BYTES`].
+    pub(super) fn checkpoint_if_due(&self, db: &Database) -> Result<()> {
+        let len = self.wal.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let last = *self.checkpointed.lock().unwrap_or_else(|e| e.into_inner());
+        if len > 0 && (last.elapsed() >= CHECKPOINT_PERIOD || len >= CHECKPOINT_BYTES) {
+            self.checkpoint(db)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every commit so far durable in redb (one commit with fsync writes the pages of all
+    /// the commits the log covers), then empties the log.
+    pub(super) fn checkpoint(&self, db: &Database) -> Result<()> {
+        let started = std::time::Instant::now();
+        // redb's write lock first, then the log's: no commit is between its append and its
+        // redb commit while the log is emptied (a commit waiting for the log appends after).
+        let txn = db.begin_write()?;
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = wal.len();
+        txn.commit()?;
+        wal.clear()?;
+        drop(wal);
+        *self.checkpointed.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        metrics::histogram!("vkv_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!("checkpoint: {bytes} byte(s) of log made durable in redb in {:?}", started.elapsed());
+        Ok(())
+    }
+
+    /// Commits that reached the disk (each one fsync: of the write-ahead log, or of redb for
+    /// the few transactions that commit there directly) since the store was opened.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
@@ -191,6 +257,7 @@ impl Store {
     pub fn write_local<T>(&self, key: &str, decide: impl FnOnce(&SiblingSet) -> Result<(SiblingSet, T)>) -> Result<T> {
         self.with_db(|db| {
             let txn = db.begin_write()?;
+            let mut frame = Frame::default();
             let answer = {
                 let mut keys = txn.open_table(KEYS)?;
                 let current = match keys.get(key)? {
@@ -198,7 +265,8 @@ impl Store {
                     None => SiblingSet::new(),
                 };
                 let (next, answer) = decide(&current)?;
-                keys.insert(key, encode(&next).as_slice())?;
+                let encoded = encode(&next);
+                keys.insert(key, encoded.as_slice())?;
                 let mut counters = txn.open_table(COUNTERS)?;
                 let mark = counters.get(MARK_SEQUENCE)?.map(|g| g.value()).unwrap_or(0) + 1;
                 counters.insert(MARK_SEQUENCE, mark)?;
@@ -207,9 +275,10 @@ impl Store {
                     let mut outbox = txn.open_table(TableDefinition::<&str, u64>::new(&name))?;
                     outbox.insert(key, mark)?;
                 }
+                frame.add(key, &encoded, Some(mark));
                 answer
             };
-            self.commit(txn)?;
+            self.commit_logged(txn, frame)?;
             Ok(answer)
         })
     }
@@ -229,7 +298,7 @@ impl Store {
             let txn = db.begin_write()?;
             let mut records = Vec::new();
             let mut skipped = Vec::new();
-            let mut any_change = false;
+            let mut frame = Frame::default();
             {
                 let mut keys = txn.open_table(KEYS)?;
                 'entries: for (key, versions) in entries {
@@ -255,13 +324,15 @@ impl Store {
                     }
                     records.append(&mut merged);
                     if changed {
-                        keys.insert(key.as_str(), encode(&set).as_slice())?;
-                        any_change = true;
+                        let encoded = encode(&set);
+                        keys.insert(key.as_str(), encoded.as_slice())?;
+                        frame.add(key, &encoded, None);
                     }
                 }
             }
-            if any_change {
-                self.commit(txn)?;
+            if !frame.is_empty() {
+                self.commit_logged(txn, frame)?;
+                self.checkpoint_if_due(db)?;
             } else {
                 // Nothing changed: no commit, no fsync (a re-shipped batch costs a read only).
                 txn.abort()?;

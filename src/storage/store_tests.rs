@@ -428,3 +428,50 @@ fn a_submitted_write_is_committed_before_its_done_runs_and_refusals_do_not_stop_
     );
     store.lead();
 }
+
+/// The data dir's files as a crash would leave them on disk: copied while the store is open.
+fn crash_image(from: &Path, with_log: bool) -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    std::fs::copy(from.join(DB_FILE), image.path().join(DB_FILE)).unwrap();
+    if with_log {
+        std::fs::copy(from.join(super::super::wal::WAL_FILE), image.path().join(super::super::wal::WAL_FILE)).unwrap();
+    }
+    image
+}
+
+#[test]
+fn commits_since_the_last_checkpoint_come_back_from_the_log_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    put(&store, "a", "1");
+    grouped_put(&store, "b", "1").unwrap();
+    grouped_put(&store, "b", "2").unwrap();
+    let concurrent = Version::value("from 2", VectorClock::from(vec![0, 1, 0]));
+    store.merge_remote(&[("c".to_string(), vec![concurrent])], no_check, false).unwrap();
+    let (marks_2, marks_3) = (store.outbox_depth(2).unwrap(), store.outbox_depth(3).unwrap());
+
+    // redb's file alone holds no commit since the store was opened: its pages are not durable
+    // until a checkpoint. The log brings every acknowledged commit back.
+    let image = crash_image(dir.path(), false);
+    assert!(Store::open(image.path(), &layout(7000)).unwrap().get("b").unwrap().is_empty());
+    let image = crash_image(dir.path(), true);
+    let reopened = Store::open(image.path(), &layout(7000)).unwrap();
+    assert_eq!(reopened.get("a").unwrap().versions()[0].value.as_deref(), Some("1"));
+    assert_eq!(reopened.get("b").unwrap().versions()[0].value.as_deref(), Some("2"));
+    assert_eq!(reopened.get("c").unwrap().versions()[0].value.as_deref(), Some("from 2"));
+    assert_eq!((reopened.outbox_depth(2).unwrap(), reopened.outbox_depth(3).unwrap()), (marks_2, marks_3));
+    // The mark sequence went on past the replayed marks: a new write's mark is newer.
+    put(&reopened, "b", "3");
+    let batch = reopened.pending(2, None, 10, usize::MAX, &HashSet::new()).unwrap();
+    let a_mark = batch.iter().find(|p| p.key == "a").unwrap().mark;
+    assert!(batch.iter().find(|p| p.key == "b").unwrap().mark > a_mark + 1);
+    drop(reopened);
+
+    // A checkpoint makes redb's file hold everything and empties the log.
+    store.with_db(|db| store.checkpoint(db)).unwrap();
+    assert_eq!(std::fs::metadata(dir.path().join(super::super::wal::WAL_FILE)).unwrap().len(), 0);
+    let image = crash_image(dir.path(), false);
+    let reopened = Store::open(image.path(), &layout(7000)).unwrap();
+    assert_eq!(reopened.get("b").unwrap().versions()[0].value.as_deref(), Some("2"));
+    assert_eq!(reopened.get("c").unwrap().len(), 1);
+}
