@@ -265,7 +265,8 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
 }
 
 /// Latency and disk use of replica 1 at 10k, 100k and 1M keys, on a cluster that holds nothing
-/// else (disk: every file of replica 1's data dir; payload: the keys' and values' bytes).
+/// else (disk: the blocks every file of replica 1's data dir takes, as `du` counts them; payload:
+/// the keys' and values' bytes).
 async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Result<Value, String> {
     let addr: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
     let mut points = Vec::new();
@@ -290,17 +291,19 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
         phases::drain(cluster, Duration::from_secs(1800)).await?;
         let (_, keys) = phases::backlog(&cluster.client(1)).await?;
         let payload: u64 = (0..size).map(|i| (phases::key("g", i).len() + bytes) as u64).sum();
-        let disk = phases::disk_bytes(cluster.data_dir(1));
+        let (disk, files) = phases::disk_bytes(cluster.data_dir(1));
         eprintln!(
-            "growth {size}: GET p50 {:.2} ms, PUT p50 {:.2} ms, disk {:.1} MB for {:.1} MB payload ({:.2}x)",
+            "growth {size}: GET p50 {:.2} ms, PUT p50 {:.2} ms, disk {:.1} MB (files {:.1} MB long) for {:.1} MB \
+             payload ({:.2}x)",
             get.ms(0.5),
             put.ms(0.5),
             disk as f64 / 1e6,
+            files as f64 / 1e6,
             payload as f64 / 1e6,
             disk as f64 / payload as f64
         );
         points.push(json!({"keys": size, "replica_keys": keys, "get": figures(&get), "put": figures(&put),
-                           "disk_bytes": disk, "payload_bytes": payload,
+                           "disk_bytes": disk, "file_bytes": files, "payload_bytes": payload,
                            "disk_over_payload": round(disk as f64 / payload as f64)}));
     }
     Ok(Value::Array(points))
