@@ -43,7 +43,7 @@ enum FileState {
     Present,
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::Storage(format!("cannot sync data dir {}: {e}", dir.display())))
@@ -200,13 +200,25 @@ impl Store {
             checkpointed: Mutex::new(Instant::now()),
             #[cfg(test)]
             fail_commits: Default::default(),
+            #[cfg(test)]
+            fail_after_log: Default::default(),
             fault: Mutex::new(Fault::default()),
         })
     }
 
-    /// Builds a new store atomically: in `DB_FILE.init`, synced, then renamed into place.
+    /// Builds a new store atomically: in `DB_FILE.init`, synced, then renamed into place. A log
+    /// left without its store file (the file deleted by hand) belongs to a store that is gone:
+    /// it is moved aside, not applied to the new one.
     fn initialise(dir: &Path, layout: &Layout) -> Result<()> {
         let path = dir.join(DB_FILE);
+        let log = dir.join(WAL_FILE);
+        if log.exists() {
+            let stamp =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let aside = dir.join(format!("{WAL_FILE}.orphaned-{stamp}"));
+            tracing::warn!("{} has no store file beside it: moved to {}", log.display(), aside.display());
+            std::fs::rename(&log, &aside).map_err(|e| Error::Storage(format!("cannot move it aside: {e}")))?;
+        }
         let temp = dir.join(format!("{DB_FILE}.{INIT_SUFFIX}"));
         match std::fs::remove_file(&temp) {
             Ok(()) => tracing::warn!("removed {} left by an interrupted first start", temp.display()),
@@ -382,7 +394,7 @@ impl Store {
         }
     }
 
-    fn record_fault(&self, reason: &str) {
+    pub(super) fn record_fault(&self, reason: &str) {
         let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
         if fault.reason.is_none() {
             tracing::error!("store {} failed: {reason}; it will be reopened", self.path.display());

@@ -109,6 +109,9 @@ pub struct Store {
     /// Tests only: make every commit fail (as a full disk would).
     #[cfg(test)]
     pub(super) fail_commits: std::sync::atomic::AtomicBool,
+    /// Tests only: make redb's commit fail after the log's append succeeded.
+    #[cfg(test)]
+    pub(super) fail_after_log: std::sync::atomic::AtomicBool,
 }
 
 pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<SiblingSet> {
@@ -169,17 +172,37 @@ impl Store {
             return Err(Error::Storage("injected commit failure".into()));
         }
         let started = std::time::Instant::now();
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
         {
             // Held until redb's commit: a checkpoint empties the log only between commits.
             let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+            let before = wal.len();
             wal.append(frame)?;
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
-            txn.commit()?;
+            if let Err(e) = self.commit_visibly(txn) {
+                // The writers hear this commit failed: its frame must not be applied at the next
+                // open. If even the cut fails, an open may apply it (the outcome is then unknown,
+                // as for a request that timed out), and the error says so.
+                return Err(match wal.cut_back(before) {
+                    Ok(()) => e,
+                    Err(cut) => Error::Storage(format!("{e}; the write may or may not be applied ({cut})")),
+                });
+            }
         }
         metrics::histogram!("vkv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.clear_fault();
+        Ok(())
+    }
+
+    /// redb's commit of a logged transaction (without fsync).
+    fn commit_visibly(&self, txn: redb::WriteTransaction) -> Result<()> {
+        #[cfg(test)]
+        if self.fail_after_log.load(Ordering::SeqCst) {
+            drop(txn);
+            return Err(Error::Storage("injected failure of redb's commit after the log's append".into()));
+        }
+        txn.commit()?;
         Ok(())
     }
 
@@ -332,7 +355,11 @@ impl Store {
             }
             if !frame.is_empty() {
                 self.commit_logged(txn, frame)?;
-                self.checkpoint_if_due(db)?;
+                // The merge is durable whatever happens to the checkpoint: a checkpoint that
+                // fails is the store's fault (recorded) and is tried again after the next commit.
+                if let Err(e) = self.checkpoint_if_due(db) {
+                    self.record_fault(&e.to_string());
+                }
             } else {
                 // Nothing changed: no commit, no fsync (a re-shipped batch costs a read only).
                 txn.abort()?;

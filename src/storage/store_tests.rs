@@ -475,3 +475,22 @@ fn commits_since_the_last_checkpoint_come_back_from_the_log_after_a_crash() {
     assert_eq!(reopened.get("b").unwrap().versions()[0].value.as_deref(), Some("2"));
     assert_eq!(reopened.get("c").unwrap().len(), 1);
 }
+
+#[test]
+fn a_commit_that_fails_after_its_log_append_is_not_applied_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    grouped_put(&store, "kept", "1").unwrap();
+    store.fail_after_log.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(grouped_put(&store, "failed", "1"), Err(Error::Storage(_))));
+    let concurrent = Version::value("from 2", VectorClock::from(vec![0, 1, 0]));
+    assert!(store.merge_remote(&[("merged".to_string(), vec![concurrent])], no_check, false).is_err());
+    store.fail_after_log.store(false, std::sync::atomic::Ordering::SeqCst);
+    grouped_put(&store, "after", "1").unwrap();
+    let image = crash_image(dir.path(), true);
+    let reopened = Store::open(image.path(), &layout(7000)).unwrap();
+    assert_eq!(reopened.get("kept").unwrap().len(), 1);
+    assert_eq!(reopened.get("after").unwrap().len(), 1, "the log goes on after the cut");
+    assert!(reopened.get("failed").unwrap().is_empty(), "a write its client heard fail came back");
+    assert!(reopened.get("merged").unwrap().is_empty(), "a merge its peer heard fail came back");
+}

@@ -1,5 +1,9 @@
 //! The write-ahead log: what makes a commit durable without writing redb's pages each time.
 //!
+//! Size: the log's format, its appending and cutting, and its reading — where a torn last append
+//! is told from damage — with the tests of each; splitting them would separate the format from
+//! the code that must read it back.
+//!
 //! ```text
 //!   commit (client writes, or a peer's batch)
 //!     one redb transaction ──► its changes as one frame ──append + fdatasync──► vkv.wal
@@ -20,11 +24,16 @@
 //! queued for every peer: applying a frame twice, or onto a store that already holds it, leaves
 //! the same state, so a crash between a checkpoint's commit and the log's truncation is harmless.
 //!
-//! Layout: `len: u32 | crc32(payload): u32 | payload`, little-endian; the payload is
-//! `count: u32` then per change `kind: u8 | key_len: u32 | key | set_len: u32 | set [| mark: u64]`
-//! (kind 1: a merged set; kind 2: a client write and its mark). A frame cut short at the end of
-//! the file is a write that was never acknowledged (its fsync did not return) and is dropped; a
-//! frame with a bad checksum *before* the end is damage, and the store refuses to open.
+//! Layout, little-endian: a 16-byte header `magic "vkvL" | len: u32 | crc32(magic, len): u32 |
+//! crc32(payload): u32`, then the payload: `count: u32`, then per change `kind: u8 | key_len: u32
+//! | key | set_len: u32 | set [| mark: u64]` (kind 1: a merged set; kind 2: a client write and
+//! its mark).
+//!
+//! A bad frame (cut short, a header or payload that fails its checksum, zeros) is a **torn
+//! tail** — the last append, whose fsync never returned, so it was never acknowledged — only if
+//! no valid frame header follows it anywhere in the file; then it is dropped. A bad frame
+//! followed by a valid one is **damage** (acknowledged frames after it would be lost): the store
+//! refuses to open, with the `--repair` hint.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -35,7 +44,10 @@ use crate::error::{Error, Result};
 /// The log's file name in the data dir.
 pub(super) const WAL_FILE: &str = "vkv.wal";
 
-const HEADER: usize = 8;
+const HEADER: usize = 16;
+const MAGIC: &[u8; 4] = b"vkvL";
+/// No frame is larger: a commit whose changes would not fit fails (and nothing of it is written).
+const MAX_FRAME: usize = 1 << 30;
 const KIND_SET: u8 = 1;
 const KIND_WRITE: u8 = 2;
 
@@ -76,13 +88,22 @@ impl Frame {
         self.count == 0
     }
 
-    fn encode(mut self) -> Vec<u8> {
+    fn encode(mut self) -> Result<Vec<u8>> {
+        if self.payload.len() > MAX_FRAME {
+            return Err(Error::TooLarge(format!(
+                "one commit's changes take {} bytes; a log frame holds at most {MAX_FRAME}",
+                self.payload.len()
+            )));
+        }
         self.payload[..4].copy_from_slice(&self.count.to_le_bytes());
         let mut out = Vec::with_capacity(HEADER + self.payload.len());
+        out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        let header_crc = crc32fast::hash(&out[..8]);
+        out.extend_from_slice(&header_crc.to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
         out.extend_from_slice(&self.payload);
-        out
+        Ok(out)
     }
 }
 
@@ -115,8 +136,13 @@ impl Wal {
                 bytes.len() - whole
             );
         }
+        let existed = path.exists();
         let file =
             OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| fail("open", e))?;
+        if !existed {
+            // The new file's name must survive a crash too, or its frames would go with it.
+            super::file::sync_dir(dir)?;
+        }
         let mut wal = Wal { file, path, len: whole as u64, torn: whole < bytes.len() };
         wal.cut_torn_tail()?;
         Ok((wal, frames))
@@ -126,7 +152,7 @@ impl Wal {
     /// survives a crash. On an error the file is cut back to its last whole frame.
     pub fn append(&mut self, frame: Frame) -> Result<()> {
         self.cut_torn_tail()?;
-        let bytes = frame.encode();
+        let bytes = frame.encode()?;
         let written = self.write_at_end(&bytes).and_then(|()| self.file.sync_data());
         match written {
             Ok(()) => {
@@ -147,15 +173,18 @@ impl Wal {
         self.file.write_all(bytes)
     }
 
-    /// Empties the log (after a checkpoint made everything in it durable in redb).
+    /// Empties the log (after a checkpoint made everything in it durable in redb). Whatever
+    /// fails, the next frame goes at the start, after the file is cut again.
     pub fn clear(&mut self) -> Result<()> {
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| Error::Storage(format!("cannot empty {}: {e}", self.path.display())))?;
-        self.len = 0;
-        self.torn = false;
-        Ok(())
+        self.cut_back(0)
+    }
+
+    /// Cuts the log back to `len` bytes (a frame appended since, whose commit then failed, must
+    /// not be applied at the next open). If the cut fails it is retried before the next append.
+    pub fn cut_back(&mut self, len: u64) -> Result<()> {
+        self.len = len;
+        self.torn = true;
+        self.cut_torn_tail()
     }
 
     /// Bytes of frames waiting for a checkpoint.
@@ -175,28 +204,44 @@ impl Wal {
     }
 }
 
-/// The whole frames of a log file, and how many bytes they span. A frame cut short at the end
-/// ends the log; a complete frame that fails its checksum or does not decode is damage.
+/// The payload length a valid frame header at `at` announces (`None`: no valid header there).
+fn header_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let header = bytes.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let valid = &header[..4] == MAGIC && crc32fast::hash(&header[..8]) == crc && (4..=MAX_FRAME).contains(&len);
+    valid.then_some(len)
+}
+
+/// The whole frames of a log file, and how many bytes they span. A bad frame ends the log if no
+/// valid frame header follows it (a torn last append); otherwise the log is damaged.
 fn parse(bytes: &[u8]) -> std::result::Result<(Vec<Vec<Change>>, usize), String> {
     let mut frames = Vec::new();
     let mut at = 0;
-    while bytes.len() - at >= HEADER {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-            break; // cut short: the rest of the file is one frame that never finished
-        };
-        if crc32fast::hash(payload) != crc {
-            if at + HEADER + len == bytes.len() {
-                break; // the last frame, torn inside (its bytes reached the disk in pieces)
+    while at < bytes.len() {
+        let payload = header_at(bytes, at).and_then(|len| {
+            let crc = u32::from_le_bytes(bytes[at + 12..at + 16].try_into().expect("4 bytes"));
+            bytes.get(at + HEADER..at + HEADER + len).filter(|p| crc32fast::hash(p) == crc)
+        });
+        match payload.map(|p| decode(p).map(|changes| (changes, p.len()))) {
+            Some(Ok((changes, len))) => {
+                frames.push(changes);
+                at += HEADER + len;
             }
-            return Err(format!(
-                "frame at byte {at} fails its checksum: the log is damaged{}",
-                super::file::DAMAGE_HINT
-            ));
+            bad => {
+                if (at + 1..bytes.len()).any(|later| header_at(bytes, later).is_some()) {
+                    let why = match bad {
+                        Some(Err(e)) => format!("does not decode ({e})"),
+                        _ => "fails its checksum".to_string(),
+                    };
+                    let hint = super::file::DAMAGE_HINT;
+                    return Err(format!(
+                        "frame at byte {at} {why} and whole frames follow it: the log is damaged{hint}"
+                    ));
+                }
+                break; // the last append, torn: never acknowledged
+            }
         }
-        frames.push(decode(payload).map_err(|e| format!("frame at byte {at} does not decode: {e}"))?);
-        at += HEADER + len;
     }
     Ok((frames, at))
 }
@@ -284,6 +329,43 @@ mod tests {
             assert_eq!(frames.len(), 2, "a frame appended after the cut is read back");
             assert_eq!(frames[1], vec![change("c", "[3]", None)]);
         }
+    }
+
+    #[test]
+    fn zeros_or_garbage_after_the_last_frame_are_a_torn_tail_but_a_bad_length_mid_log_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(WAL_FILE);
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        wal.append(frame(&[("a", "[1]", Some(1))])).unwrap();
+        wal.append(frame(&[("b", "[2]", Some(2))])).unwrap();
+        drop(wal);
+        let full = std::fs::read(&path).unwrap();
+        let first = HEADER + u32::from_le_bytes(full[4..8].try_into().unwrap()) as usize;
+        for tail in [vec![0u8; 40], vec![0xa5; 7], b"vkvL\xff\xff\xff\x7f garbage".to_vec()] {
+            let mut bytes = full.clone();
+            bytes.extend_from_slice(&tail);
+            std::fs::write(&path, &bytes).unwrap();
+            let (wal, frames) = Wal::open(dir.path()).unwrap();
+            assert_eq!(frames.len(), 2, "tail {tail:?} dropped");
+            assert_eq!(wal.len() as usize, full.len());
+        }
+        // The first frame's length made huge: were the header not checked, this would look like
+        // a frame cut short, and the second (acknowledged) frame would be dropped.
+        let mut bytes = full.clone();
+        bytes[6] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Wal::open(dir.path()).is_err(), "a bad length before a whole frame is damage");
+        // The first frame's payload damaged: damage too, since the second follows it.
+        let mut bytes = full.clone();
+        bytes[first - 1] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Wal::open(dir.path()).is_err());
+        // The last frame's payload damaged: a torn last append.
+        let mut bytes = full;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Wal::open(dir.path()).unwrap().1.len(), 1);
     }
 
     #[test]
