@@ -37,7 +37,7 @@ use crate::node::decisions::{self, ClientWrite, DecisionLog};
 pub use crate::node::link::PeerLink;
 pub use crate::node::validate::validate_key;
 use crate::storage::on_store;
-use crate::storage::store::{Lead, MergeRecord, Refused, Store};
+use crate::storage::store::{MergeRecord, Refused, Store};
 
 /// Settings of the anti-entropy task.
 #[derive(Debug, Clone)]
@@ -234,11 +234,7 @@ impl Replica {
             }
             let _ = answer.send(outcome.map(|(clock, _)| clock));
         };
-        let store = self.store.clone();
-        if store.submit(job_key, decide, done) == Lead::Yours {
-            let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || span.in_scope(|| store.lead()));
-        }
+        crate::storage::lead_if_told(&self.store, self.store.submit(job_key, decide, done));
         answered.await.map_err(|_| Error::Storage("the group commit ended without an answer".into()))?
     }
 

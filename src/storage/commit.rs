@@ -52,6 +52,13 @@ enum Work {
     Acknowledge { peer: ReplicaId, delivered: Vec<(String, u64)> },
 }
 
+/// A job's `done` for its own answer type, as the queue holds it (answers travel type-erased).
+fn typed<T: 'static>(done: impl FnOnce(Result<T>) + Send + 'static) -> Done {
+    Box::new(move |answer: Result<Answer>| {
+        done(answer.map(|a| *a.downcast::<T>().expect("a job's answer has the job's type")))
+    })
+}
+
 /// The jobs waiting for the next commit, and whether some thread is leading.
 #[derive(Default)]
 pub(super) struct CommitQueue {
@@ -87,10 +94,7 @@ impl Store {
         done: impl FnOnce(Result<T>) + Send + 'static,
     ) -> Lead {
         let decide: Decide = Box::new(move |current| decide(current).map(|(next, t)| (next, Box::new(t) as Answer)));
-        let done: Done = Box::new(move |answer: Result<Answer>| {
-            done(answer.map(|a| *a.downcast::<T>().expect("a job's answer has the job's type")))
-        });
-        self.enqueue(Job { work: Work::Write { key, decide: Some(decide) }, done })
+        self.enqueue(Job { work: Work::Write { key, decide: Some(decide) }, done: typed(done) })
     }
 
     /// Queues the clearing of the marks `peer` acknowledged for the next group commit; `done`
@@ -101,10 +105,7 @@ impl Store {
         delivered: Vec<(String, u64)>,
         done: impl FnOnce(Result<usize>) + Send + 'static,
     ) -> Lead {
-        let done: Done = Box::new(move |answer: Result<Answer>| {
-            done(answer.map(|a| *a.downcast::<usize>().expect("an acknowledgement answers a count")))
-        });
-        self.enqueue(Job { work: Work::Acknowledge { peer, delivered }, done })
+        self.enqueue(Job { work: Work::Acknowledge { peer, delivered }, done: typed(done) })
     }
 
     fn enqueue(&self, job: Job) -> Lead {
@@ -153,23 +154,22 @@ impl Store {
         key: String,
         decide: impl FnOnce(&SiblingSet) -> Result<(SiblingSet, T)> + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self.submit(key, decide, move |answer| {
-            let _ = tx.send(answer);
-        }) == Lead::Yours
-        {
-            self.lead();
-        }
-        rx.recv().map_err(|_| Error::Storage("the group commit ended without an answer".into()))?
+        self.wait_for(|done| self.submit(key, decide, done))
     }
 
     /// Clears the marks `peer` acknowledged (see [`Store::submit_acknowledge`]), through the
     /// group commit, for a caller that may block. Returns how many marks were cleared.
     pub fn acknowledge(&self, peer: ReplicaId, delivered: &[(String, u64)]) -> Result<usize> {
+        self.wait_for(|done| self.submit_acknowledge(peer, delivered.to_vec(), done))
+    }
+
+    /// Submits a job with `submit` (given the job's `done`), leads the commits if told to, and
+    /// returns the job's outcome: the blocking form of every `submit*`.
+    fn wait_for<T: Send + 'static>(&self, submit: impl FnOnce(Box<dyn FnOnce(Result<T>) + Send>) -> Lead) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::channel();
-        if self.submit_acknowledge(peer, delivered.to_vec(), move |answer| {
+        if submit(Box::new(move |answer| {
             let _ = tx.send(answer);
-        }) == Lead::Yours
+        })) == Lead::Yours
         {
             self.lead();
         }

@@ -49,6 +49,11 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::Storage(format!("cannot sync data dir {}: {e}", dir.display())))
 }
 
+/// Seconds since the Unix epoch: the suffix of a file moved aside.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// The text of a caught panic.
 fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
     panic
@@ -213,9 +218,7 @@ impl Store {
         let path = dir.join(DB_FILE);
         let log = dir.join(WAL_FILE);
         if log.exists() {
-            let stamp =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let aside = dir.join(format!("{WAL_FILE}.orphaned-{stamp}"));
+            let aside = dir.join(format!("{WAL_FILE}.orphaned-{}", unix_seconds()));
             tracing::warn!("{} has no store file beside it: moved to {}", log.display(), aside.display());
             std::fs::rename(&log, &aside).map_err(|e| Error::Storage(format!("cannot move it aside: {e}")))?;
         }
@@ -311,8 +314,7 @@ impl Store {
             Err(e @ (Error::Unavailable(_) | Error::Conflict(_))) => return Err(e),
             Err(e) => e.to_string(),
         };
-        let stamp =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let stamp = unix_seconds();
         let aside = dir.join(format!("{DB_FILE}.damaged-{stamp}"));
         tracing::error!(
             "--repair: {} is damaged ({damage}); moved to {} — this replica starts empty and recovers every key \

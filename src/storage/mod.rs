@@ -29,3 +29,12 @@ pub(crate) async fn on_store<T: Send + 'static>(
         .await
         .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
 }
+
+/// What an async caller does with a [`store::Lead`] from `Store::submit*`: if it is told to
+/// lead, the group commits run on the blocking pool (in the caller's span); it does not wait.
+pub(crate) fn lead_if_told(store: &Arc<Store>, lead: store::Lead) {
+    if lead == store::Lead::Yours {
+        let (store, span) = (store.clone(), tracing::Span::current());
+        tokio::task::spawn_blocking(move || span.in_scope(|| store.lead()));
+    }
+}

@@ -254,6 +254,16 @@ fn refuses_a_data_dir_of_another_layout_or_member() {
     assert!(matches!(err, Error::Conflict(_)), "{err}");
 }
 
+/// Every key owed to `peer`, with the mark read: what a sender acknowledges once delivered.
+fn owed(store: &Store, peer: ReplicaId) -> Vec<(String, u64)> {
+    store
+        .pending(peer, None, usize::MAX, usize::MAX, &HashSet::new())
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.key, p.mark))
+        .collect()
+}
+
 #[test]
 fn acknowledgements_share_a_batch_with_writes_and_alone_commit_without_fsync() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,12 +271,7 @@ fn acknowledgements_share_a_batch_with_writes_and_alone_commit_without_fsync() {
     for key in ["a", "b", "c"] {
         put(&store, key, "1");
     }
-    let delivered: Vec<_> = store
-        .pending(2, None, 10, usize::MAX, &HashSet::new())
-        .unwrap()
-        .iter()
-        .map(|p| (p.key.clone(), p.mark))
-        .collect();
+    let delivered = owed(&store, 2);
     // One batch: a write to "b" queued before the acknowledgement, one to "c" after it, and an
     // acknowledgement for a replica that is not a peer. The leader is this thread, called once
     // all four are queued, so they share one transaction.
@@ -303,12 +308,7 @@ fn acknowledgements_share_a_batch_with_writes_and_alone_commit_without_fsync() {
     assert_eq!(store.outbox_depth(3).unwrap(), 3, "another peer's marks are untouched");
 
     // Acknowledgements alone: committed (visible at once) without an fsync.
-    let delivered: Vec<_> = store
-        .pending(2, None, 10, usize::MAX, &HashSet::new())
-        .unwrap()
-        .iter()
-        .map(|p| (p.key.clone(), p.mark))
-        .collect();
+    let delivered = owed(&store, 2);
     let before = store.commits();
     assert_eq!(store.acknowledge(2, &delivered).unwrap(), 2);
     assert_eq!(store.commits(), before, "no durable commit for acknowledgements alone");

@@ -294,6 +294,16 @@ mod tests {
         Change { key: key.into(), set: set.as_bytes().to_vec(), mark }
     }
 
+    /// A log holding two frames, a then b; its dir and its path.
+    fn two_frames() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        wal.append(frame(&[("a", "[1]", Some(1))])).unwrap();
+        wal.append(frame(&[("b", "[2]", Some(2))])).unwrap();
+        let path = dir.path().join(WAL_FILE);
+        (dir, path)
+    }
+
     #[test]
     fn frames_come_back_in_order_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -312,12 +322,7 @@ mod tests {
 
     #[test]
     fn a_frame_cut_short_at_the_end_is_dropped_and_the_log_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
-        wal.append(frame(&[("a", "[1]", Some(1))])).unwrap();
-        wal.append(frame(&[("b", "[2]", Some(2))])).unwrap();
-        drop(wal);
-        let path = dir.path().join(WAL_FILE);
+        let (dir, path) = two_frames();
         let full = std::fs::read(&path).unwrap();
         for cut in [full.len() - 1, full.len() - 10, full.len() - 20] {
             std::fs::write(&path, &full[..cut]).unwrap();
@@ -333,12 +338,7 @@ mod tests {
 
     #[test]
     fn zeros_or_garbage_after_the_last_frame_are_a_torn_tail_but_a_bad_length_mid_log_is_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(WAL_FILE);
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
-        wal.append(frame(&[("a", "[1]", Some(1))])).unwrap();
-        wal.append(frame(&[("b", "[2]", Some(2))])).unwrap();
-        drop(wal);
+        let (dir, path) = two_frames();
         let full = std::fs::read(&path).unwrap();
         let first = HEADER + u32::from_le_bytes(full[4..8].try_into().unwrap()) as usize;
         for tail in [vec![0u8; 40], vec![0xa5; 7], b"vkvL\xff\xff\xff\x7f garbage".to_vec()] {
@@ -370,12 +370,7 @@ mod tests {
 
     #[test]
     fn a_damaged_frame_before_the_end_is_refused_and_clear_empties_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
-        wal.append(frame(&[("a", "[1]", Some(1))])).unwrap();
-        wal.append(frame(&[("b", "[2]", Some(2))])).unwrap();
-        drop(wal);
-        let path = dir.path().join(WAL_FILE);
+        let (dir, path) = two_frames();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[HEADER + 6] ^= 0xff; // inside the first frame's key
         std::fs::write(&path, &bytes).unwrap();

@@ -37,7 +37,7 @@ use crate::net::peer::{PeerClient, PeerError, PeerTransport, CONNECT_TIMEOUT};
 use crate::net::protocol::{RawEntry, ReplicateBatch, MAX_REPLICATE_BODY_BYTES};
 use crate::node::link::PeerLink;
 use crate::storage::on_store;
-use crate::storage::store::{Lead, Pending, Store};
+use crate::storage::store::{Pending, Store};
 
 /// First retry delay after a failure. Doubles per failure up to [`BACKOFF_MAX`].
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -121,10 +121,7 @@ impl<P: PeerTransport> Sender<P> {
         let done = move |outcome: Result<usize>| {
             let _ = answer.send(outcome);
         };
-        if self.store.submit_acknowledge(peer, delivered, done) == Lead::Yours {
-            let (store, span) = (self.store.clone(), tracing::Span::current());
-            tokio::task::spawn_blocking(move || span.in_scope(|| store.lead()));
-        }
+        crate::storage::lead_if_told(&self.store, self.store.submit_acknowledge(peer, delivered, done));
         Acking { batch, cleared }
     }
 
