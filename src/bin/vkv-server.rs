@@ -107,6 +107,10 @@ struct Args {
     /// connections are closed.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
+    /// Memory for the read cache, in MiB: recently read keys' sets and answers, kept coherent
+    /// with every commit, so a GET of a hot key does not touch the store. 0 turns it off.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    read_cache_mib: u64,
     /// Log line format: `text` for people (one line per decision), `json` for log shippers (one
     /// JSON object per line, with the same message and the decision, key and replica as fields).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -258,7 +262,10 @@ async fn main() -> ExitCode {
             skip_recovery: args.skip_recovery,
             peer_source: args.peer_source,
         }) {
-            Ok(r) => r,
+            Ok(r) => {
+                r.set_read_cache_budget((args.read_cache_mib as usize).saturating_mul(1 << 20));
+                r
+            }
             Err(e) => {
                 error!("cannot open the store: {e}");
                 return usage_error(format!("cannot open the store: {e}"));

@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, RawQuery, Request, State};
 use axum::handler::Handler;
-use axum::http::header::CONTENT_LENGTH;
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +22,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tracing::{error, warn};
 
+use crate::core::versions::SiblingSet;
 use crate::error::Error;
 use crate::net::auth::{check_body, check_head, HeadError, PeerHead, FROM_HEADER, SIGNATURE_HEADER};
 use crate::net::page::{self, read_only_cors};
@@ -135,15 +136,42 @@ pub(crate) async fn read_key(
 ) -> Result<Response, AppError> {
     let Path(key) = key.map_err(from_path)?;
     let Query(query) = query.map_err(from_query)?;
-    let set = coordinator::read(&replica, &key, query.r).await?;
-    let context = set.context(replica.layout().n());
-    if set.is_deleted() {
-        // Still give the context (the tombstones' clocks, or zeros): a writer can always send one.
+    let n = replica.layout().n();
+    let (set, body) = match query.r {
+        // A local read: the answer rendered once per stored set and shared (the read cache).
+        None => {
+            let cached = coordinator::read_local(&replica, &key).await?;
+            let body = cached.rendered(|set| render_read(&key, set, n));
+            (cached, body)
+        }
+        Some(r) => {
+            let set = coordinator::read(&replica, &key, Some(r)).await?;
+            let body = render_read(&key, &set, n);
+            return Ok(read_answer(set.is_deleted(), body));
+        }
+    };
+    Ok(read_answer(set.set().is_deleted(), body))
+}
+
+/// The answer to a read: 200, or 404 for a key that is absent or deleted.
+fn read_answer(deleted: bool, body: Bytes) -> Response {
+    let status = if deleted { StatusCode::NOT_FOUND } else { StatusCode::OK };
+    (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// The body of a read of `key` that found `set`: [`ReadResponse`], or for a key that is absent
+/// or deleted, [`KeyErrorBody`] — still with the context (the tombstones' clocks, or zeros), so
+/// a writer can always send one.
+fn render_read(key: &str, set: &SiblingSet, n: usize) -> Bytes {
+    let context = set.context(n);
+    let key = key.to_string();
+    let encoded = if set.is_deleted() {
         let error = format!("key {key:?} not found");
-        let body = KeyErrorBody { error, state: ReadResponse { key, versions: Vec::new(), context } };
-        return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
-    }
-    Ok(Json(ReadResponse { key, versions: set.versions().to_vec(), context }).into_response())
+        serde_json::to_vec(&KeyErrorBody { error, state: ReadResponse { key, versions: Vec::new(), context } })
+    } else {
+        serde_json::to_vec(&ReadResponse { key, versions: set.versions().to_vec(), context })
+    };
+    Bytes::from(encoded.expect("a read's answer always serialises"))
 }
 
 /// `GET /kv?prefix=P&after=K&limit=N[&deleted=true]`: one page of keys (unknown parameters: 400).

@@ -31,6 +31,7 @@ use crate::net::protocol::{
 use crate::node::decisions;
 use crate::node::replica::MergeSource;
 use crate::node::replica::{validate_key, Replica};
+use crate::storage::store::CachedSet;
 
 /// How long a quorum read or write waits for peers before answering 503.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,6 +71,12 @@ pub async fn read(replica: &Arc<Replica>, key: &str, r: Option<usize>) -> Result
         }
         None => replica.read(key.to_string()).await,
     }
+}
+
+/// A read of this replica alone (no `?r`), through the store's read cache.
+pub async fn read_local(replica: &Arc<Replica>, key: &str) -> Result<Arc<CachedSet>> {
+    validate_key(key)?;
+    replica.read_cached(key).await
 }
 
 /// Checks a requested quorum size against N.

@@ -37,7 +37,7 @@ use crate::node::decisions::{self, ClientWrite, DecisionLog};
 pub use crate::node::link::PeerLink;
 pub use crate::node::validate::validate_key;
 use crate::storage::on_store;
-use crate::storage::store::{MergeRecord, Refused, Store};
+use crate::storage::store::{CachedSet, MergeRecord, Refused, Store};
 
 /// Settings of the anti-entropy task.
 #[derive(Debug, Clone)]
@@ -236,6 +236,23 @@ impl Replica {
         };
         crate::storage::lead_if_told(&self.store, self.store.submit(job_key, decide, done));
         answered.await.map_err(|_| Error::Storage("the group commit ended without an answer".into()))?
+    }
+
+    /// Sets the memory the store's read cache may take, in bytes (0 turns it off).
+    pub fn set_read_cache_budget(&self, bytes: usize) {
+        self.store.set_read_cache_budget(bytes);
+    }
+
+    /// [`Replica::read`] through the store's read cache: the set shared with other readers,
+    /// with a slot for the answer rendered from it. The key must be valid (the caller checked).
+    pub async fn read_cached(&self, key: &str) -> Result<Arc<CachedSet>> {
+        match self.store.get_cached_now(key) {
+            Some(result) => result,
+            None => {
+                let key = key.to_string();
+                self.blocking(move |store| store.get_cached(&key)).await
+            }
+        }
     }
 
     /// The key's sibling set as stored here (empty if never written).

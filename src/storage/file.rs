@@ -203,6 +203,7 @@ impl Store {
             queue: Default::default(),
             wal: Mutex::new(wal),
             checkpointed: Mutex::new(Instant::now()),
+            cache: Default::default(),
             #[cfg(test)]
             fail_commits: Default::default(),
             #[cfg(test)]
@@ -441,6 +442,8 @@ impl Store {
         });
         match reopened {
             Ok(reopened) => {
+                // The log's replay may have changed keys behind the cache's back.
+                self.cache.clear();
                 *db = Some(reopened);
                 self.fault.lock().unwrap_or_else(|e| e.into_inner()).needs_reopen = false;
                 tracing::info!("store {} reopened", self.path.display());

@@ -5,6 +5,7 @@
 //! Owns: the store file and everything written to it. Synchronous: callers run it on the
 //! blocking pool. May use: `core`, `error`.
 
+mod cache;
 mod commit;
 mod file;
 mod listing;

@@ -29,11 +29,13 @@ use std::collections::HashSet;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_json::value::RawValue;
 
+use super::cache::ReadCache;
+pub use super::cache::{CachedSet, DEFAULT_BUDGET as DEFAULT_READ_CACHE_BUDGET};
 pub use super::commit::Lead;
 use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
@@ -106,6 +108,8 @@ pub struct Store {
     pub(super) wal: Mutex<Wal>,
     /// When the last checkpoint made redb's pages durable and emptied the log.
     pub(super) checkpointed: Mutex<std::time::Instant>,
+    /// Recently read sets, coherent with every commit (see `cache.rs`).
+    pub(super) cache: ReadCache,
     /// Tests only: make every commit fail (as a full disk would).
     #[cfg(test)]
     pub(super) fail_commits: std::sync::atomic::AtomicBool,
@@ -174,24 +178,33 @@ impl Store {
         let started = std::time::Instant::now();
         txn.set_durability(redb::Durability::None)
             .map_err(|e| Error::Storage(format!("cannot commit without fsync: {e}")))?;
-        {
-            // Held until redb's commit: a checkpoint empties the log only between commits.
-            let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
-            let before = wal.len();
-            wal.append(frame)?;
-            if let Err(e) = self.commit_visibly(txn) {
-                // The writers hear this commit failed: its frame must not be applied at the next
-                // open. If even the cut fails, an open may apply it (the outcome is then unknown,
-                // as for a request that timed out), and the error says so.
-                return Err(match wal.cut_back(before) {
-                    Ok(()) => e,
-                    Err(cut) => Error::Storage(format!("{e}; the write may or may not be applied ({cut})")),
-                });
-            }
-        }
+        // The read cache drops the keys before the commit is visible and again after it, and
+        // keeps none of them while it is in flight (see `cache.rs`).
+        self.cache.begin_write(frame.keys());
+        let committed = self.append_and_commit(txn, &frame);
+        self.cache.end_write(frame.keys());
+        committed?;
         metrics::histogram!("vkv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.clear_fault();
+        Ok(())
+    }
+
+    /// The log's append of `frame`, then redb's commit of `txn` (without fsync).
+    fn append_and_commit(&self, txn: redb::WriteTransaction, frame: &Frame) -> Result<()> {
+        // Held until redb's commit: a checkpoint empties the log only between commits.
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let before = wal.len();
+        wal.append(frame)?;
+        if let Err(e) = self.commit_visibly(txn) {
+            // The writers hear this commit failed: its frame must not be applied at the next
+            // open. If even the cut fails, an open may apply it (the outcome is then unknown,
+            // as for a request that timed out), and the error says so.
+            return Err(match wal.cut_back(before) {
+                Ok(()) => e,
+                Err(cut) => Error::Storage(format!("{e}; the write may or may not be applied ({cut})")),
+            });
+        }
         Ok(())
     }
 
@@ -272,6 +285,42 @@ impl Store {
     /// (that can take long): then use [`Store::get`] on the blocking pool.
     pub fn get_now(&self, key: &str) -> Option<Result<SiblingSet>> {
         self.try_with_db(|db| read_set(db, key))
+    }
+
+    /// The key's set through the read cache: on a hit, no store read at all; on a miss, read
+    /// as [`Store::get_now`] reads and kept for the next reader (see `cache.rs`). `None` when
+    /// the store is recovering from a fault or being reopened: then use [`Store::get_cached`].
+    pub fn get_cached_now(&self, key: &str) -> Option<Result<Arc<CachedSet>>> {
+        self.try_with_db(|db| self.read_through(db, key))
+    }
+
+    /// [`Store::get_cached_now`] that waits for a store being reopened (for the blocking pool).
+    pub fn get_cached(&self, key: &str) -> Result<Arc<CachedSet>> {
+        self.with_db(|db| self.read_through(db, key))
+    }
+
+    fn read_through(&self, db: &Database, key: &str) -> Result<Arc<CachedSet>> {
+        let ticket = match self.cache.lookup(key) {
+            Ok(found) => return Ok(found),
+            Err(ticket) => ticket,
+        };
+        let txn = db.begin_read()?;
+        let keys = txn.open_table(KEYS)?;
+        let (set, stored_len) = match keys.get(key)? {
+            Some(bytes) => (decode(key, bytes.value())?, bytes.value().len()),
+            None => (SiblingSet::new(), 0),
+        };
+        Ok(self.cache.offer(key, set, stored_len, ticket))
+    }
+
+    /// Sets the read cache's budget in bytes (0 turns it off).
+    pub fn set_read_cache_budget(&self, bytes: usize) {
+        self.cache.set_budget(bytes);
+    }
+
+    /// The read cache's entries and the bytes they count.
+    pub fn read_cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
     }
 
     /// Applies a client write: `decide` gets the key's current set and returns the new one (or an

@@ -494,3 +494,69 @@ fn a_commit_that_fails_after_its_log_append_is_not_applied_at_the_next_open() {
     assert!(reopened.get("failed").unwrap().is_empty(), "a write its client heard fail came back");
     assert!(reopened.get("merged").unwrap().is_empty(), "a merge its peer heard fail came back");
 }
+
+fn cached_value(store: &Store, key: &str) -> Option<String> {
+    store.get_cached(key).unwrap().set().versions().first().and_then(|v| v.value.clone())
+}
+
+#[test]
+fn cached_reads_see_every_acknowledged_write_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    assert_eq!(cached_value(&store, "k"), None);
+    assert_eq!(cached_value(&store, "k"), None, "an absent key cached as absent");
+    put(&store, "k", "v1");
+    assert_eq!(cached_value(&store, "k").as_deref(), Some("v1"));
+    assert_eq!(cached_value(&store, "k").as_deref(), Some("v1"));
+    grouped_put(&store, "k", "v2").unwrap();
+    assert_eq!(cached_value(&store, "k").as_deref(), Some("v2"), "group commit");
+    let newer = Version::value("v3", VectorClock::from(vec![5, 1, 0]));
+    store.merge_remote(&[("k".to_string(), vec![newer])], no_check, false).unwrap();
+    assert_eq!(cached_value(&store, "k").as_deref(), Some("v3"), "a peer's merge");
+    assert!(store.read_cache_usage().0 >= 1);
+}
+
+#[test]
+fn a_failed_commit_leaves_no_stale_or_phantom_entry_in_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    put(&store, "k", "v1");
+    assert_eq!(cached_value(&store, "k").as_deref(), Some("v1"));
+    store.fail_after_log.store(true, Ordering::SeqCst);
+    assert!(grouped_put(&store, "k", "v2").is_err());
+    store.fail_after_log.store(false, Ordering::SeqCst);
+    assert_eq!(cached_value(&store, "k").as_deref(), Some("v1"), "the refused write is not served");
+}
+
+/// Writers and readers at once: a read that starts after a write was acknowledged never
+/// answers with an older value (the values are increasing numbers, one writer per key).
+#[test]
+fn concurrent_cached_reads_never_go_back_past_an_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    let acked: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+    std::thread::scope(|s| {
+        for (k, acked) in acked.iter().enumerate() {
+            let store = &store;
+            s.spawn(move || {
+                for i in 1..=150u64 {
+                    grouped_put(store, &format!("k{k}"), &format!("{i:06}")).unwrap();
+                    acked.store(i, Ordering::SeqCst);
+                }
+            });
+        }
+        for _ in 0..2 {
+            s.spawn(|| {
+                for round in 0..3000 {
+                    let k = round % 4;
+                    let floor = acked[k].load(Ordering::SeqCst);
+                    let seen = cached_value(&store, &format!("k{k}")).map_or(0, |v| v.parse::<u64>().unwrap());
+                    assert!(seen >= floor, "k{k}: read {seen} after {floor} was acknowledged");
+                }
+            });
+        }
+    });
+    for k in 0..4 {
+        assert_eq!(cached_value(&store, &format!("k{k}")).as_deref(), Some("000150"));
+    }
+}

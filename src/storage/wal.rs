@@ -66,6 +66,8 @@ pub(super) struct Change {
 pub(super) struct Frame {
     payload: Vec<u8>,
     count: u32,
+    /// Where each change's key is in `payload` (start, length).
+    keys: Vec<(usize, usize)>,
 }
 
 impl Frame {
@@ -75,6 +77,7 @@ impl Frame {
         }
         self.payload.push(if mark.is_some() { KIND_WRITE } else { KIND_SET });
         self.payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.keys.push((self.payload.len(), key.len()));
         self.payload.extend_from_slice(key.as_bytes());
         self.payload.extend_from_slice(&(set.len() as u32).to_le_bytes());
         self.payload.extend_from_slice(set);
@@ -82,20 +85,25 @@ impl Frame {
             self.payload.extend_from_slice(&mark.to_le_bytes());
         }
         self.count += 1;
+        self.payload[..4].copy_from_slice(&self.count.to_le_bytes());
     }
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    fn encode(mut self) -> Result<Vec<u8>> {
+    /// The keys of the frame's changes, in the order they were added.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|&(at, len)| std::str::from_utf8(&self.payload[at..at + len]).expect("added as a str"))
+    }
+
+    fn encode(&self) -> Result<Vec<u8>> {
         if self.payload.len() > MAX_FRAME {
             return Err(Error::TooLarge(format!(
                 "one commit's changes take {} bytes; a log frame holds at most {MAX_FRAME}",
                 self.payload.len()
             )));
         }
-        self.payload[..4].copy_from_slice(&self.count.to_le_bytes());
         let mut out = Vec::with_capacity(HEADER + self.payload.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
@@ -150,7 +158,7 @@ impl Wal {
 
     /// Appends `frame` and waits for the disk (fdatasync): once this returns `Ok`, the frame
     /// survives a crash. On an error the file is cut back to its last whole frame.
-    pub fn append(&mut self, frame: Frame) -> Result<()> {
+    pub fn append(&mut self, frame: &Frame) -> Result<()> {
         self.cut_torn_tail()?;
         let bytes = frame.encode()?;
         let written = self.write_at_end(&bytes).and_then(|()| self.file.sync_data());
@@ -298,8 +306,8 @@ mod tests {
     fn two_frames() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, _) = Wal::open(dir.path()).unwrap();
-        wal.append(frame(&[("a", "[1]", Some(1))])).unwrap();
-        wal.append(frame(&[("b", "[2]", Some(2))])).unwrap();
+        wal.append(&frame(&[("a", "[1]", Some(1))])).unwrap();
+        wal.append(&frame(&[("b", "[2]", Some(2))])).unwrap();
         let path = dir.path().join(WAL_FILE);
         (dir, path)
     }
@@ -309,8 +317,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, frames) = Wal::open(dir.path()).unwrap();
         assert!(frames.is_empty());
-        wal.append(frame(&[("a", "[1]", Some(7)), ("é", "[2]", None)])).unwrap();
-        wal.append(frame(&[("a", "[3]", Some(8))])).unwrap();
+        wal.append(&frame(&[("a", "[1]", Some(7)), ("é", "[2]", None)])).unwrap();
+        wal.append(&frame(&[("a", "[3]", Some(8))])).unwrap();
         drop(wal);
         let (wal, frames) = Wal::open(dir.path()).unwrap();
         assert_eq!(
@@ -328,7 +336,7 @@ mod tests {
             std::fs::write(&path, &full[..cut]).unwrap();
             let (mut wal, frames) = Wal::open(dir.path()).unwrap();
             assert_eq!(frames, vec![vec![change("a", "[1]", Some(1))]], "cut at {cut}");
-            wal.append(frame(&[("c", "[3]", None)])).unwrap();
+            wal.append(&frame(&[("c", "[3]", None)])).unwrap();
             drop(wal);
             let (_, frames) = Wal::open(dir.path()).unwrap();
             assert_eq!(frames.len(), 2, "a frame appended after the cut is read back");
@@ -378,7 +386,7 @@ mod tests {
         assert!(refused.to_string().contains("checksum"), "{refused}");
         std::fs::write(&path, b"").unwrap();
         let (mut wal, _) = Wal::open(dir.path()).unwrap();
-        wal.append(frame(&[("a", "[1]", None)])).unwrap();
+        wal.append(&frame(&[("a", "[1]", None)])).unwrap();
         wal.clear().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         assert!(Wal::open(dir.path()).unwrap().1.is_empty());

@@ -1,0 +1,307 @@
+//! The read cache: recently read keys' sibling sets, decoded (and, once a reader asks, rendered),
+//! kept coherent with every commit, so a `GET` of a hot key costs no redb transaction, no JSON
+//! decoding and no re-encoding.
+//!
+//! # Coherence
+//!
+//! Every commit that changes keys tells the cache before and after it commits (`begin_write`,
+//! `end_write`, with the commit's keys): both steps drop those keys, and between them the keys
+//! are *being written*. A reader that misses notes the generation of its key's stripe (a key
+//! hashes to one of [`STRIPES`] stripes; every write step on a key of the stripe advances it),
+//! reads the store, and keeps what it read only if the stripe's generation has not moved and no
+//! write is in flight on the stripe. So a set enters the cache only if no commit on its key began
+//! or ended while it was being read; a commit entirely before the read is in what it read, and
+//! one entirely after it drops the entry when it ends. The cache never answers with a set older
+//! than the newest commit whose write began before the lookup: a write is acknowledged only after
+//! its commit's `end_write`, so a read after an acknowledgement sees that write.
+//!
+//! A store that is reopened after a fault replays its log: the whole cache is dropped then.
+//!
+//! # Size
+//!
+//! Entries are counted by the bytes they hold (key, stored set, an estimate of the rendered
+//! answer); past the budget, entries picked at random make room (no recency bookkeeping on the
+//! hot path). A budget of 0 turns the cache off.
+
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+
+use crate::core::versions::SiblingSet;
+
+/// Write stripes: a write in flight keeps only its own stripes' keys from being cached.
+const STRIPES: usize = 1024;
+/// Per-entry bookkeeping counted on top of the bytes an entry holds.
+const ENTRY_OVERHEAD: usize = 96;
+/// The default budget (`--read-cache-mib`).
+pub const DEFAULT_BUDGET: usize = 64 << 20;
+
+/// A key's set as the cache holds it, with a slot for the answer rendered from it.
+#[derive(Debug)]
+pub struct CachedSet {
+    set: SiblingSet,
+    rendered: OnceLock<Bytes>,
+    /// The bytes this entry counts against the budget.
+    size: usize,
+}
+
+impl CachedSet {
+    fn new(key: &str, set: SiblingSet, stored_len: usize) -> CachedSet {
+        // The rendered answer repeats the stored set and adds the key and a context.
+        let size = 2 * (key.len() + stored_len) + ENTRY_OVERHEAD;
+        CachedSet { set, rendered: OnceLock::new(), size }
+    }
+
+    /// The key's sibling set.
+    pub fn set(&self) -> &SiblingSet {
+        &self.set
+    }
+
+    /// The answer rendered from the set by `render`, made by the first reader that asks and
+    /// shared by the later ones (the set never changes: a write replaces the whole entry).
+    pub fn rendered(&self, render: impl FnOnce(&SiblingSet) -> Bytes) -> Bytes {
+        self.rendered.get_or_init(|| render(&self.set)).clone()
+    }
+}
+
+/// What a reader that missed must show when it offers what it read.
+#[derive(Debug)]
+pub(super) struct Ticket {
+    stripe: usize,
+    generation: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Stripe {
+    generation: u64,
+    writing: u32,
+}
+
+struct Inner {
+    entries: IndexMap<Box<str>, Arc<CachedSet>>,
+    bytes: usize,
+    stripes: Vec<Stripe>,
+}
+
+/// See the module's documentation.
+pub(super) struct ReadCache {
+    inner: Mutex<Inner>,
+    budget: std::sync::atomic::AtomicUsize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for ReadCache {
+    fn default() -> Self {
+        ReadCache::new(DEFAULT_BUDGET)
+    }
+}
+
+impl ReadCache {
+    pub fn new(budget: usize) -> ReadCache {
+        ReadCache {
+            inner: Mutex::new(Inner { entries: IndexMap::new(), bytes: 0, stripes: vec![Stripe::default(); STRIPES] }),
+            budget: budget.into(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stripe(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % STRIPES
+    }
+
+    /// The cached set of `key`, or the ticket to offer what the store holds.
+    pub fn lookup(&self, key: &str) -> Result<Arc<CachedSet>, Ticket> {
+        let inner = self.lock();
+        match inner.entries.get(key) {
+            Some(found) => Ok(found.clone()),
+            None => {
+                let stripe = self.stripe(key);
+                Err(Ticket { stripe, generation: inner.stripes[stripe].generation })
+            }
+        }
+    }
+
+    /// Wraps what a reader read (after a miss) and keeps it if no write on its stripe began or
+    /// ended since the lookup, and the budget allows.
+    pub fn offer(&self, key: &str, set: SiblingSet, stored_len: usize, ticket: Ticket) -> Arc<CachedSet> {
+        let entry = Arc::new(CachedSet::new(key, set, stored_len));
+        let budget = self.budget.load(std::sync::atomic::Ordering::Relaxed);
+        if entry.size > budget / 8 {
+            return entry;
+        }
+        let mut inner = self.lock();
+        let stripe = inner.stripes[ticket.stripe];
+        if stripe.generation != ticket.generation || stripe.writing > 0 {
+            return entry;
+        }
+        while inner.bytes + entry.size > budget && !inner.entries.is_empty() {
+            let victim = rand::random_range(0..inner.entries.len());
+            if let Some((_, gone)) = inner.entries.swap_remove_index(victim) {
+                inner.bytes -= gone.size;
+            }
+        }
+        inner.bytes += entry.size;
+        if let Some(old) = inner.entries.insert(key.into(), entry.clone()) {
+            inner.bytes -= old.size;
+        }
+        entry
+    }
+
+    /// Step on `keys` around a commit that changes them: drops them, and counts a write in flight
+    /// on their stripes (`starting`) or ends it.
+    fn step<'k>(&self, keys: impl Iterator<Item = &'k str>, starting: bool) {
+        let stripes: Vec<(usize, &str)> = keys.map(|k| (self.stripe(k), k)).collect();
+        let mut inner = self.lock();
+        for (stripe, key) in stripes {
+            let s = &mut inner.stripes[stripe];
+            s.generation += 1;
+            if starting {
+                s.writing += 1;
+            } else {
+                s.writing = s.writing.saturating_sub(1);
+            }
+            if let Some(gone) = inner.entries.swap_remove(key) {
+                inner.bytes -= gone.size;
+            }
+        }
+    }
+
+    /// Before a commit that changes `keys`.
+    pub fn begin_write<'k>(&self, keys: impl Iterator<Item = &'k str>) {
+        self.step(keys, true);
+    }
+
+    /// After that commit, whether it went through or failed (the same keys).
+    pub fn end_write<'k>(&self, keys: impl Iterator<Item = &'k str>) {
+        self.step(keys, false);
+    }
+
+    /// Drops every entry (the store was reopened and its log replayed).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.bytes = 0;
+        for s in inner.stripes.iter_mut() {
+            s.generation += 1;
+        }
+    }
+
+    /// Sets the budget in bytes (0: off); entries past it are dropped now.
+    pub fn set_budget(&self, budget: usize) {
+        self.budget.store(budget, std::sync::atomic::Ordering::Relaxed);
+        let mut inner = self.lock();
+        while inner.bytes > budget {
+            match inner.entries.pop() {
+                Some((_, gone)) => inner.bytes -= gone.size,
+                None => break,
+            }
+        }
+    }
+
+    /// Entries and the bytes they count.
+    pub fn usage(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.entries.len(), inner.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::VectorClock;
+    use crate::core::versions::Version;
+
+    fn set(value: &str) -> SiblingSet {
+        SiblingSet::single(Version::value(value, VectorClock::from(vec![1, 0, 0])))
+    }
+
+    fn cached_value(cache: &ReadCache, key: &str) -> Option<String> {
+        cache.lookup(key).ok().map(|c| c.set().versions()[0].value.clone().unwrap())
+    }
+
+    #[test]
+    fn a_miss_offered_back_is_kept_and_a_commit_on_the_key_drops_it() {
+        let cache = ReadCache::new(1 << 20);
+        let ticket = cache.lookup("k").unwrap_err();
+        cache.offer("k", set("v1"), 10, ticket);
+        assert_eq!(cached_value(&cache, "k").as_deref(), Some("v1"));
+        cache.begin_write(["k"].into_iter());
+        assert!(cache.lookup("k").is_err(), "dropped when the commit begins");
+        cache.end_write(["k"].into_iter());
+        assert!(cache.lookup("k").is_err());
+        assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[test]
+    fn what_was_read_while_a_commit_on_its_key_began_ended_or_was_in_flight_is_not_kept() {
+        let cache = ReadCache::new(1 << 20);
+        // Read before the commit began, offered after it began: the reader may hold the old set.
+        let ticket = cache.lookup("k").unwrap_err();
+        cache.begin_write(["k"].into_iter());
+        cache.offer("k", set("old"), 10, ticket);
+        assert!(cache.lookup("k").is_err());
+        // Looked up while the commit is in flight: not kept either.
+        let ticket = cache.lookup("k").unwrap_err();
+        cache.offer("k", set("old"), 10, ticket);
+        assert!(cache.lookup("k").is_err());
+        // Looked up in flight, offered after the commit ended: the stripe moved, not kept.
+        let ticket = cache.lookup("k").unwrap_err();
+        cache.end_write(["k"].into_iter());
+        cache.offer("k", set("old"), 10, ticket);
+        assert!(cache.lookup("k").is_err());
+        // Looked up after the commit ended: kept.
+        let ticket = cache.lookup("k").unwrap_err();
+        cache.offer("k", set("new"), 10, ticket);
+        assert_eq!(cached_value(&cache, "k").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn the_budget_bounds_the_bytes_held_and_zero_turns_the_cache_off() {
+        let cache = ReadCache::new(100 * (2 * (4 + 10) + ENTRY_OVERHEAD));
+        for i in 0..1000 {
+            let key = format!("k{i:03}");
+            let ticket = cache.lookup(&key).unwrap_err();
+            cache.offer(&key, set("v"), 10, ticket);
+        }
+        let (entries, bytes) = cache.usage();
+        assert_eq!(entries, 100, "full, and room made for the newest");
+        assert!(bytes <= 100 * (2 * (4 + 10) + ENTRY_OVERHEAD), "{bytes}");
+        assert!(cache.lookup("k999").is_ok(), "the newest entry is kept");
+        cache.set_budget(0);
+        assert_eq!(cache.usage(), (0, 0));
+        let ticket = cache.lookup("k").unwrap_err();
+        let answered = cache.offer("k", set("v"), 10, ticket);
+        assert_eq!(answered.set().versions()[0].value.as_deref(), Some("v"), "still answers");
+        assert!(cache.lookup("k").is_err(), "but keeps nothing");
+    }
+
+    #[test]
+    fn the_rendered_answer_is_made_once_and_clear_drops_everything() {
+        let cache = ReadCache::new(1 << 20);
+        let ticket = cache.lookup("k").unwrap_err();
+        cache.offer("k", set("v"), 10, ticket);
+        let renders = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..3 {
+            let entry = cache.lookup("k").unwrap();
+            let body = entry.rendered(|s| {
+                renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Bytes::from(s.versions()[0].value.clone().unwrap())
+            });
+            assert_eq!(&body[..], b"v");
+        }
+        assert_eq!(renders.into_inner(), 1);
+        let ticket = cache.lookup("other").unwrap_err();
+        cache.clear();
+        cache.offer("other", set("v"), 10, ticket);
+        assert!(
+            cache.lookup("k").is_err() && cache.lookup("other").is_err(),
+            "a read from before the clear is not kept"
+        );
+    }
+}
