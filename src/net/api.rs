@@ -136,21 +136,17 @@ pub(crate) async fn read_key(
 ) -> Result<Response, AppError> {
     let Path(key) = key.map_err(from_path)?;
     let Query(query) = query.map_err(from_query)?;
-    let n = replica.layout().n();
-    let (set, body) = match query.r {
+    match query.r {
         // A local read: the answer rendered once per stored set and shared (the read cache).
         None => {
-            let cached = coordinator::read_local(&replica, &key).await?;
-            let body = cached.rendered(|set| render_read(&key, set, n));
-            (cached, body)
+            let cached = coordinator::read_local(&replica, &key, render_read).await?;
+            Ok(read_answer(cached.is_deleted(), cached.body()))
         }
         Some(r) => {
             let set = coordinator::read(&replica, &key, Some(r)).await?;
-            let body = render_read(&key, &set, n);
-            return Ok(read_answer(set.is_deleted(), body));
+            Ok(read_answer(set.is_deleted(), render_read(&key, &set, replica.layout().n())))
         }
-    };
-    Ok(read_answer(set.set().is_deleted(), body))
+    }
 }
 
 /// The answer to a read: 200, or 404 for a key that is absent or deleted.

@@ -31,7 +31,7 @@ use crate::net::protocol::{
 use crate::node::decisions;
 use crate::node::replica::MergeSource;
 use crate::node::replica::{validate_key, Replica};
-use crate::storage::store::CachedSet;
+use crate::storage::store::{CachedRead, Render};
 
 /// How long a quorum read or write waits for peers before answering 503.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,10 +73,11 @@ pub async fn read(replica: &Arc<Replica>, key: &str, r: Option<usize>) -> Result
     }
 }
 
-/// A read of this replica alone (no `?r`), through the store's read cache.
-pub async fn read_local(replica: &Arc<Replica>, key: &str) -> Result<Arc<CachedSet>> {
+/// A read of this replica alone (no `?r`) through the store's read cache: the answer `render`
+/// made of the key's set, and whether the key is absent or deleted.
+pub async fn read_local(replica: &Arc<Replica>, key: &str, render: Render) -> Result<Arc<CachedRead>> {
     validate_key(key)?;
-    replica.read_cached(key).await
+    replica.read_cached(key, render).await
 }
 
 /// Checks a requested quorum size against N.

@@ -37,7 +37,7 @@ use crate::node::decisions::{self, ClientWrite, DecisionLog};
 pub use crate::node::link::PeerLink;
 pub use crate::node::validate::validate_key;
 use crate::storage::on_store;
-use crate::storage::store::{CachedSet, MergeRecord, Refused, Store};
+use crate::storage::store::{CachedRead, MergeRecord, Refused, Render, Store};
 
 /// Settings of the anti-entropy task.
 #[derive(Debug, Clone)]
@@ -243,14 +243,15 @@ impl Replica {
         self.store.set_read_cache_budget(bytes);
     }
 
-    /// [`Replica::read`] through the store's read cache: the set shared with other readers,
-    /// with a slot for the answer rendered from it. The key must be valid (the caller checked).
-    pub async fn read_cached(&self, key: &str) -> Result<Arc<CachedSet>> {
-        match self.store.get_cached_now(key) {
+    /// The answer to a local read of `key` through the store's read cache, rendered by `render`
+    /// (shared with other readers until the key changes). The key must be valid (the caller
+    /// checked).
+    pub async fn read_cached(&self, key: &str, render: Render) -> Result<Arc<CachedRead>> {
+        match self.store.get_cached_now(key, render) {
             Some(result) => result,
             None => {
                 let key = key.to_string();
-                self.blocking(move |store| store.get_cached(&key)).await
+                self.blocking(move |store| store.get_cached(&key, render)).await
             }
         }
     }

@@ -1,6 +1,6 @@
-//! The read cache: recently read keys' sibling sets, decoded (and, once a reader asks, rendered),
-//! kept coherent with every commit, so a `GET` of a hot key costs no redb transaction, no JSON
-//! decoding and no re-encoding.
+//! The read cache: the answers to recent reads of keys, as the reader rendered them from the
+//! key's sibling set, kept coherent with every commit, so a `GET` of a hot key costs no redb
+//! transaction, no JSON decoding and no encoding.
 //!
 //! # Coherence
 //!
@@ -9,63 +9,64 @@
 //! are *being written*. A reader that misses notes the generation of its key's stripe (a key
 //! hashes to one of [`STRIPES`] stripes; every write step on a key of the stripe advances it),
 //! reads the store, and keeps what it read only if the stripe's generation has not moved and no
-//! write is in flight on the stripe. So a set enters the cache only if no commit on its key began
-//! or ended while it was being read; a commit entirely before the read is in what it read, and
-//! one entirely after it drops the entry when it ends. The cache never answers with a set older
-//! than the newest commit whose write began before the lookup: a write is acknowledged only after
-//! its commit's `end_write`, so a read after an acknowledgement sees that write.
+//! write is in flight on the stripe. So an answer enters the cache only if no commit on its key
+//! began or ended while it was being read; a commit entirely before the read is in what it read,
+//! and one entirely after it drops the entry when it ends. A write is acknowledged only after its
+//! commit's `end_write`, so a read that starts after the acknowledgement sees that write (a read
+//! concurrent with a commit may see the set before it, as without the cache).
 //!
 //! A store that is reopened after a fault replays its log: the whole cache is dropped then.
 //!
 //! # Size
 //!
-//! Entries are counted by the bytes they hold (key, stored set, an estimate of the rendered
-//! answer); past the budget, entries picked at random make room (no recency bookkeeping on the
-//! hot path). A budget of 0 turns the cache off.
+//! Entries are counted by the bytes they hold (key, rendered answer) plus a fixed allowance for
+//! the map's and the allocator's bookkeeping; past the budget, entries picked at random make room
+//! (no recency bookkeeping on the hot path). Once full, only one miss in [`ADMIT_WHEN_FULL`] is
+//! admitted: when reads spread over more keys than fit, each admission would only swap one cold
+//! entry for another. A budget of 0 turns the cache off.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use bytes::Bytes;
 use indexmap::IndexMap;
 
-use crate::core::versions::SiblingSet;
-
 /// Write stripes: a write in flight keeps only its own stripes' keys from being cached.
 const STRIPES: usize = 1024;
-/// Per-entry bookkeeping counted on top of the bytes an entry holds.
-const ENTRY_OVERHEAD: usize = 96;
+/// Per-entry bookkeeping counted on top of the key and the answer: the map's slot and index, the
+/// key's and the answer's allocations, the `Arc`, rounded up for the allocator's size classes.
+const ENTRY_OVERHEAD: usize = 192;
 /// Once the cache is full, one miss in this many is kept (see [`ReadCache::offer`]).
 const ADMIT_WHEN_FULL: u32 = 16;
 /// The default budget (`--read-cache-mib`).
 pub const DEFAULT_BUDGET: usize = 64 << 20;
 
-/// A key's set as the cache holds it, with a slot for the answer rendered from it.
+/// A read's answer as the cache keeps it: the body the reader rendered from the key's set, and
+/// whether the key was absent or deleted.
 #[derive(Debug)]
-pub struct CachedSet {
-    set: SiblingSet,
-    rendered: OnceLock<Bytes>,
+pub struct CachedRead {
+    body: Bytes,
+    deleted: bool,
     /// The bytes this entry counts against the budget.
     size: usize,
 }
 
-impl CachedSet {
-    fn new(key: &str, set: SiblingSet, stored_len: usize) -> CachedSet {
-        // The rendered answer repeats the stored set and adds the key and a context.
-        let size = 2 * (key.len() + stored_len) + ENTRY_OVERHEAD;
-        CachedSet { set, rendered: OnceLock::new(), size }
+impl CachedRead {
+    /// `body` rendered from the set of `key`; `deleted`: the key is absent or deleted.
+    pub fn new(key: &str, body: Bytes, deleted: bool) -> CachedRead {
+        let size = key.len() + body.len() + ENTRY_OVERHEAD;
+        CachedRead { body, deleted, size }
     }
 
-    /// The key's sibling set.
-    pub fn set(&self) -> &SiblingSet {
-        &self.set
+    /// The rendered answer (shared, not copied).
+    pub fn body(&self) -> Bytes {
+        self.body.clone()
     }
 
-    /// The answer rendered from the set by `render`, made by the first reader that asks and
-    /// shared by the later ones (the set never changes: a write replaces the whole entry).
-    pub fn rendered(&self, render: impl FnOnce(&SiblingSet) -> Bytes) -> Bytes {
-        self.rendered.get_or_init(|| render(&self.set)).clone()
+    /// True when the key was absent or deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
     }
 }
 
@@ -83,7 +84,7 @@ struct Stripe {
 }
 
 struct Inner {
-    entries: IndexMap<Box<str>, Arc<CachedSet>>,
+    entries: IndexMap<Box<str>, Arc<CachedRead>>,
     bytes: usize,
     stripes: Vec<Stripe>,
 }
@@ -122,7 +123,7 @@ impl ReadCache {
     }
 
     /// The cached set of `key`, or the ticket to offer what the store holds.
-    pub fn lookup(&self, key: &str) -> Result<Arc<CachedSet>, Ticket> {
+    pub fn lookup(&self, key: &str) -> Result<Arc<CachedRead>, Ticket> {
         // A read lock: lookups on the async workers do not queue behind one another.
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         match inner.entries.get(key) {
@@ -134,10 +135,10 @@ impl ReadCache {
         }
     }
 
-    /// Wraps what a reader read (after a miss) and keeps it if no write on its stripe began or
+    /// Takes what a reader read and rendered (after a miss) and keeps it if no write on its stripe began or
     /// ended since the lookup, and the budget allows.
-    pub fn offer(&self, key: &str, set: SiblingSet, stored_len: usize, ticket: Ticket) -> Arc<CachedSet> {
-        let entry = Arc::new(CachedSet::new(key, set, stored_len));
+    pub fn offer(&self, key: &str, entry: CachedRead, ticket: Ticket) -> Arc<CachedRead> {
+        let entry = Arc::new(entry);
         let budget = self.budget.load(Ordering::Relaxed);
         if entry.size > budget / 8 {
             return entry;
@@ -199,14 +200,17 @@ impl ReadCache {
         self.step(keys, false);
     }
 
-    /// Drops every entry (the store was reopened and its log replayed).
+    /// Drops every entry (the store was reopened and its log replayed); only while no commit runs.
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.entries.clear();
         inner.bytes = 0;
         self.held.store(0, Ordering::Relaxed);
+        // No commit runs during a reopen (it holds the store's handle exclusively): a count left
+        // by a commit that panicked before its `end_write` is reset here.
         for s in inner.stripes.iter_mut() {
             s.generation += 1;
+            s.writing = 0;
         }
     }
 
@@ -233,23 +237,24 @@ impl ReadCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::clock::VectorClock;
-    use crate::core::versions::Version;
 
-    fn set(value: &str) -> SiblingSet {
-        SiblingSet::single(Version::value(value, VectorClock::from(vec![1, 0, 0])))
+    fn read(value: &str) -> CachedRead {
+        CachedRead::new("k", Bytes::from(value.to_string()), false)
     }
 
     fn cached_value(cache: &ReadCache, key: &str) -> Option<String> {
-        cache.lookup(key).ok().map(|c| c.set().versions()[0].value.clone().unwrap())
+        cache.lookup(key).ok().map(|c| String::from_utf8(c.body().to_vec()).unwrap())
     }
+
+    /// What one entry of a 1-byte key and a 1-byte answer counts.
+    const ONE: usize = 2 + ENTRY_OVERHEAD;
 
     #[test]
     fn a_miss_offered_back_is_kept_and_a_commit_on_the_key_drops_it() {
         let cache = ReadCache::new(1 << 20);
         let ticket = cache.lookup("k").unwrap_err();
-        cache.offer("k", set("v1"), 10, ticket);
-        assert_eq!(cached_value(&cache, "k").as_deref(), Some("v1"));
+        cache.offer("k", read("1"), ticket);
+        assert_eq!(cached_value(&cache, "k").as_deref(), Some("1"));
         cache.begin_write(["k"].into_iter());
         assert!(cache.lookup("k").is_err(), "dropped when the commit begins");
         cache.end_write(["k"].into_iter());
@@ -263,66 +268,67 @@ mod tests {
         // Read before the commit began, offered after it began: the reader may hold the old set.
         let ticket = cache.lookup("k").unwrap_err();
         cache.begin_write(["k"].into_iter());
-        cache.offer("k", set("old"), 10, ticket);
+        cache.offer("k", read("old"), ticket);
         assert!(cache.lookup("k").is_err());
         // Looked up while the commit is in flight: not kept either.
         let ticket = cache.lookup("k").unwrap_err();
-        cache.offer("k", set("old"), 10, ticket);
+        cache.offer("k", read("old"), ticket);
         assert!(cache.lookup("k").is_err());
         // Looked up in flight, offered after the commit ended: the stripe moved, not kept.
         let ticket = cache.lookup("k").unwrap_err();
         cache.end_write(["k"].into_iter());
-        cache.offer("k", set("old"), 10, ticket);
+        cache.offer("k", read("old"), ticket);
         assert!(cache.lookup("k").is_err());
         // Looked up after the commit ended: kept.
         let ticket = cache.lookup("k").unwrap_err();
-        cache.offer("k", set("new"), 10, ticket);
+        cache.offer("k", read("new"), ticket);
         assert_eq!(cached_value(&cache, "k").as_deref(), Some("new"));
     }
 
     #[test]
     fn the_budget_bounds_the_bytes_held_and_zero_turns_the_cache_off() {
-        let cache = ReadCache::new(100 * (2 * (4 + 10) + ENTRY_OVERHEAD));
+        let cache = ReadCache::new(100 * ONE);
         for i in 0..1000 {
-            let key = format!("k{i:03}");
+            let key = format!("{}", char::from_u32(0x41 + i).unwrap());
+            let key = if key.len() == 1 { key } else { continue };
             let ticket = cache.lookup(&key).unwrap_err();
-            cache.offer(&key, set("v"), 10, ticket);
+            cache.offer(&key, CachedRead::new(&key, Bytes::from_static(b"v"), false), ticket);
         }
         let (entries, bytes) = cache.usage();
-        assert_eq!(entries, 100, "full");
-        assert!(bytes <= 100 * (2 * (4 + 10) + ENTRY_OVERHEAD), "{bytes}");
-        // Once full, about one miss in ADMIT_WHEN_FULL replaces an entry (900 offers: ~56).
-        let newer = (100..1000).filter(|i| cache.lookup(&format!("k{i:03}")).is_ok()).count();
-        assert!((1..=90).contains(&newer), "{newer} of the 900 keys offered when full are held");
+        assert_eq!((entries, bytes), (63, 63 * ONE), "the 63 one-byte keys fit");
+        for i in 0..1000 {
+            let key = format!("k{i:03}"); // 4 bytes
+            let ticket = cache.lookup(&key).unwrap_err();
+            cache.offer(&key, CachedRead::new(&key, Bytes::from_static(b"v"), false), ticket);
+        }
+        let (entries, bytes) = cache.usage();
+        assert!(bytes <= 100 * ONE && entries >= 90, "{entries} entries, {bytes} bytes");
+        // Once full, about one miss in ADMIT_WHEN_FULL replaces an entry.
+        let newer = (0..1000).filter(|i| cache.lookup(&format!("k{i:03}")).is_ok()).count();
+        assert!((37..=100).contains(&newer), "{newer} of the 1000 four-byte keys are held");
         cache.set_budget(0);
         assert_eq!(cache.usage(), (0, 0));
         let ticket = cache.lookup("k").unwrap_err();
-        let answered = cache.offer("k", set("v"), 10, ticket);
-        assert_eq!(answered.set().versions()[0].value.as_deref(), Some("v"), "still answers");
+        let answered = cache.offer("k", read("v"), ticket);
+        assert_eq!(&answered.body()[..], b"v", "still answers");
         assert!(cache.lookup("k").is_err(), "but keeps nothing");
     }
 
     #[test]
-    fn the_rendered_answer_is_made_once_and_clear_drops_everything() {
+    fn clear_drops_everything_and_resets_writes_a_panicked_commit_left() {
         let cache = ReadCache::new(1 << 20);
         let ticket = cache.lookup("k").unwrap_err();
-        cache.offer("k", set("v"), 10, ticket);
-        let renders = std::sync::atomic::AtomicUsize::new(0);
-        for _ in 0..3 {
-            let entry = cache.lookup("k").unwrap();
-            let body = entry.rendered(|s| {
-                renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Bytes::from(s.versions()[0].value.clone().unwrap())
-            });
-            assert_eq!(&body[..], b"v");
-        }
-        assert_eq!(renders.into_inner(), 1);
+        cache.offer("k", read("v"), ticket);
         let ticket = cache.lookup("other").unwrap_err();
+        cache.begin_write(["stuck"].into_iter()); // its end_write never comes
         cache.clear();
-        cache.offer("other", set("v"), 10, ticket);
+        cache.offer("other", read("v"), ticket);
         assert!(
             cache.lookup("k").is_err() && cache.lookup("other").is_err(),
             "a read from before the clear is not kept"
         );
+        let ticket = cache.lookup("stuck").unwrap_err();
+        cache.offer("stuck", read("v"), ticket);
+        assert!(cache.lookup("stuck").is_ok(), "the stripe of the stuck write caches again");
     }
 }

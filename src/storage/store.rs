@@ -35,7 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde_json::value::RawValue;
 
 use super::cache::ReadCache;
-pub use super::cache::{CachedSet, DEFAULT_BUDGET as DEFAULT_READ_CACHE_BUDGET};
+pub use super::cache::{CachedRead, DEFAULT_BUDGET as DEFAULT_READ_CACHE_BUDGET};
 pub use super::commit::Lead;
 use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
@@ -108,7 +108,7 @@ pub struct Store {
     pub(super) wal: Mutex<Wal>,
     /// When the last checkpoint made redb's pages durable and emptied the log.
     pub(super) checkpointed: Mutex<std::time::Instant>,
-    /// Recently read sets, coherent with every commit (see `cache.rs`).
+    /// Recent reads' answers, coherent with every commit (see `cache.rs`).
     pub(super) cache: ReadCache,
     /// Tests only: make every commit fail (as a full disk would).
     #[cfg(test)]
@@ -117,6 +117,10 @@ pub struct Store {
     #[cfg(test)]
     pub(super) fail_after_log: std::sync::atomic::AtomicBool,
 }
+
+/// How a reader renders a key's set into the answer the read cache keeps: given the key, its set
+/// (empty if the key was never written) and N.
+pub type Render = fn(&str, &SiblingSet, usize) -> bytes::Bytes;
 
 pub(super) fn decode(key: &str, bytes: &[u8]) -> Result<SiblingSet> {
     serde_json::from_slice(bytes).map_err(|e| Error::Storage(format!("stored entry for key {key:?} is corrupt: {e}")))
@@ -181,8 +185,16 @@ impl Store {
         // The read cache drops the keys before the commit is visible and again after it, and
         // keeps none of them while it is in flight (see `cache.rs`).
         self.cache.begin_write(frame.keys());
+        // Ends the keys' write in the cache however this returns (a panic in redb included).
+        struct EndWrite<'a>(&'a ReadCache, &'a Frame);
+        impl Drop for EndWrite<'_> {
+            fn drop(&mut self) {
+                self.0.end_write(self.1.keys());
+            }
+        }
+        let ending = EndWrite(&self.cache, &frame);
         let committed = self.append_and_commit(txn, &frame);
-        self.cache.end_write(frame.keys());
+        drop(ending);
         committed?;
         metrics::histogram!("vkv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -287,30 +299,27 @@ impl Store {
         self.try_with_db(|db| read_set(db, key))
     }
 
-    /// The key's set through the read cache: on a hit, no store read at all; on a miss, read
-    /// as [`Store::get_now`] reads and kept for the next reader (see `cache.rs`). `None` when
-    /// the store is recovering from a fault or being reopened: then use [`Store::get_cached`].
-    pub fn get_cached_now(&self, key: &str) -> Option<Result<Arc<CachedSet>>> {
-        self.try_with_db(|db| self.read_through(db, key))
+    /// The answer to a read of `key` through the read cache: on a hit, no store read at all; on a
+    /// miss, the key's set is read as [`Store::get_now`] reads it, rendered by `render` (the key,
+    /// its set, and N), and kept for the next reader (see `cache.rs`). `None` when the store is
+    /// recovering from a fault or being reopened: then use [`Store::get_cached`].
+    pub fn get_cached_now(&self, key: &str, render: Render) -> Option<Result<Arc<CachedRead>>> {
+        self.try_with_db(|db| self.read_through(db, key, render))
     }
 
     /// [`Store::get_cached_now`] that waits for a store being reopened (for the blocking pool).
-    pub fn get_cached(&self, key: &str) -> Result<Arc<CachedSet>> {
-        self.with_db(|db| self.read_through(db, key))
+    pub fn get_cached(&self, key: &str, render: Render) -> Result<Arc<CachedRead>> {
+        self.with_db(|db| self.read_through(db, key, render))
     }
 
-    fn read_through(&self, db: &Database, key: &str) -> Result<Arc<CachedSet>> {
+    fn read_through(&self, db: &Database, key: &str, render: Render) -> Result<Arc<CachedRead>> {
         let ticket = match self.cache.lookup(key) {
             Ok(found) => return Ok(found),
             Err(ticket) => ticket,
         };
-        let txn = db.begin_read()?;
-        let keys = txn.open_table(KEYS)?;
-        let (set, stored_len) = match keys.get(key)? {
-            Some(bytes) => (decode(key, bytes.value())?, bytes.value().len()),
-            None => (SiblingSet::new(), 0),
-        };
-        Ok(self.cache.offer(key, set, stored_len, ticket))
+        let set = read_set(db, key)?;
+        let read = CachedRead::new(key, render(key, &set, self.peers.len() + 1), set.is_deleted());
+        Ok(self.cache.offer(key, read, ticket))
     }
 
     /// Sets the read cache's budget in bytes (0 turns it off).

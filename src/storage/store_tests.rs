@@ -495,8 +495,17 @@ fn a_commit_that_fails_after_its_log_append_is_not_applied_at_the_next_open() {
     assert!(reopened.get("merged").unwrap().is_empty(), "a merge its peer heard fail came back");
 }
 
+/// Renders a set as its first version's value ("-" for none).
+fn first_value(_: &str, set: &SiblingSet, _: usize) -> bytes::Bytes {
+    let value = set.versions().first().and_then(|v| v.value.clone()).unwrap_or_else(|| "-".into());
+    bytes::Bytes::from(value)
+}
+
 fn cached_value(store: &Store, key: &str) -> Option<String> {
-    store.get_cached(key).unwrap().set().versions().first().and_then(|v| v.value.clone())
+    let read = store.get_cached(key, first_value).unwrap();
+    let value = String::from_utf8(read.body().to_vec()).unwrap();
+    assert_eq!(read.is_deleted(), value == "-");
+    (value != "-").then_some(value)
 }
 
 #[test]
