@@ -25,7 +25,7 @@ use vkv::replica::AntiEntropyConfig;
 const MIN_ANTI_ENTROPY_SECS: f64 = 0.1;
 use vkv::replica::{Config, Replica};
 use vkv::server::{connection_cap, Limits};
-use vkv::store::Repair;
+use vkv::store::{Repair, DEFAULT_READ_CACHE_BUDGET};
 
 /// mimalloc instead of glibc's allocator: under load glibc's arena locks and chunk consolidation
 /// were ~17% of a replica's CPU (see report/PERFORMANCE.md).
@@ -107,9 +107,9 @@ struct Args {
     /// connections are closed.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
-    /// Memory for the read cache, in MiB: recently read keys' sets and answers, kept coherent
-    /// with every commit, so a GET of a hot key does not touch the store. 0 turns it off.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    /// Budget of the read cache, in MiB: the rendered answers of recent GETs, kept coherent with
+    /// every commit, so a GET of a hot key does not touch the store. 0 turns it off.
+    #[arg(long, default_value_t = (DEFAULT_READ_CACHE_BUDGET >> 20) as u64, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     read_cache_mib: u64,
     /// Log line format: `text` for people (one line per decision), `json` for log shippers (one
     /// JSON object per line, with the same message and the decision, key and replica as fields).

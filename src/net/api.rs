@@ -143,7 +143,7 @@ pub(crate) async fn read_key(
             Ok(read_answer(cached.is_deleted(), cached.body()))
         }
         Some(r) => {
-            let set = coordinator::read(&replica, &key, Some(r)).await?;
+            let set = coordinator::read(&replica, &key, r).await?;
             Ok(read_answer(set.is_deleted(), render_read(&key, &set, replica.layout().n())))
         }
     }

@@ -60,17 +60,12 @@ pub async fn write(
     Ok(WriteResponse { key, clock, replica: replica.id(), acks })
 }
 
-/// A client read: this replica's set, or with `r` the merge of `r` replicas' sets (with read
-/// repair).
-pub async fn read(replica: &Arc<Replica>, key: &str, r: Option<usize>) -> Result<SiblingSet> {
+/// A client read with `?r`: the merge of `r` replicas' sets (with read repair). Without `r`,
+/// see [`read_local`].
+pub async fn read(replica: &Arc<Replica>, key: &str, r: usize) -> Result<SiblingSet> {
     validate_key(key)?;
-    match r {
-        Some(r) => {
-            check_quorum("r", r, replica.layout().n())?;
-            read_quorum(replica, key, r).await
-        }
-        None => replica.read(key.to_string()).await,
-    }
+    check_quorum("r", r, replica.layout().n())?;
+    read_quorum(replica, key, r).await
 }
 
 /// A read of this replica alone (no `?r`) through the store's read cache: the answer `render`

@@ -228,6 +228,7 @@ impl ReadCache {
     }
 
     /// Entries and the bytes they count.
+    #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         (inner.entries.len(), inner.bytes)

@@ -328,6 +328,7 @@ impl Store {
     }
 
     /// The read cache's entries and the bytes they count.
+    #[cfg(test)]
     pub fn read_cache_usage(&self) -> (usize, usize) {
         self.cache.usage()
     }
