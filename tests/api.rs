@@ -42,6 +42,7 @@ fn fixture_opts(max_value_bytes: usize, cluster_key: Option<ClusterKey>, skip_re
         anti_entropy: None,
         skip_recovery,
         peer_source: None,
+        compact_after: None,
     })
     .unwrap();
     Fixture { replica, _dir: dir }

@@ -31,6 +31,7 @@ fn replica(dir: &std::path::Path) -> Arc<Replica> {
         anti_entropy: None,
         skip_recovery: true,
         peer_source: None,
+        compact_after: None,
     })
     .unwrap()
 }

@@ -67,6 +67,9 @@ pub struct Config {
     pub skip_recovery: bool,
     /// Local address peer connections are opened from (`None`: the OS picks).
     pub peer_source: Option<std::net::IpAddr>,
+    /// Compact the store file once no commit happened for this long and the file takes well
+    /// over what its data needs (see `storage/upkeep.rs`); `None`: never.
+    pub compact_after: Option<Duration>,
 }
 
 /// One replica.
@@ -77,6 +80,7 @@ pub struct Replica {
     peers: PeerClient,
     max_value_bytes: usize,
     anti_entropy: Option<AntiEntropyConfig>,
+    compact_after: Option<Duration>,
     /// True from the start on an empty data dir until every peer's keys were pulled.
     recovering: AtomicBool,
     /// The recent decisions, for `GET /decisions` (shared with the group-commit closures).
@@ -103,6 +107,7 @@ impl Replica {
             peers: PeerClient::new(config.peer_source, PeerAuth::new(&config.layout, config.cluster_key)),
             max_value_bytes: config.max_value_bytes,
             anti_entropy: config.anti_entropy,
+            compact_after: config.compact_after,
             recovering: AtomicBool::new(recovering),
             decisions: Arc::default(),
         }))
@@ -158,6 +163,11 @@ impl Replica {
     /// The anti-entropy settings, if it runs.
     pub(crate) fn anti_entropy_config(&self) -> Option<&AntiEntropyConfig> {
         self.anti_entropy.as_ref()
+    }
+
+    /// How long the store must go without a commit before its file may be compacted.
+    pub(crate) fn compact_after(&self) -> Option<Duration> {
+        self.compact_after
     }
 
     /// This replica's cluster id (see [`crate::net::auth::cluster_id`]): peers must send the same.
@@ -396,6 +406,7 @@ pub(crate) fn test_replica(dir: &std::path::Path, port: u16) -> Arc<Replica> {
         anti_entropy: None,
         skip_recovery: true,
         peer_source: None,
+        compact_after: None,
     })
     .unwrap()
 }

@@ -204,6 +204,7 @@ impl Store {
             wal: Mutex::new(wal),
             checkpointed: Mutex::new(Instant::now()),
             cache: Default::default(),
+            upkeep: Default::default(),
             #[cfg(test)]
             fail_commits: Default::default(),
             #[cfg(test)]

@@ -10,6 +10,7 @@ mod commit;
 mod file;
 mod listing;
 pub mod store;
+mod upkeep;
 mod wal;
 
 use std::sync::Arc;

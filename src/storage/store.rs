@@ -39,6 +39,7 @@ pub use super::cache::{CachedRead, DEFAULT_BUDGET as DEFAULT_READ_CACHE_BUDGET};
 pub use super::commit::Lead;
 use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
+pub use super::upkeep::{Compaction, Upkeep};
 use super::wal::{Frame, Wal};
 use crate::core::clock::VectorClock;
 use crate::core::cluster::ReplicaId;
@@ -110,6 +111,8 @@ pub struct Store {
     pub(super) checkpointed: Mutex<std::time::Instant>,
     /// Recent reads' answers, coherent with every commit (see `cache.rs`).
     pub(super) cache: ReadCache,
+    /// What the idle upkeep remembers between its ticks (see `upkeep.rs`).
+    pub(super) upkeep: Mutex<super::upkeep::UpkeepState>,
     /// Tests only: make every commit fail (as a full disk would).
     #[cfg(test)]
     pub(super) fail_commits: std::sync::atomic::AtomicBool,

@@ -1,6 +1,7 @@
 //! Background convergence: one sender per peer draining its outbox (`sender`), periodic digest
 //! comparison (`anti_entropy`, both the puller's and the server's side), and the full pull of a
-//! replica that starts on an empty data dir (`recovery`). [`start`] wires them for one replica.
+//! replica that starts on an empty data dir (`recovery`); and the store's upkeep (`upkeep`: the
+//! idle checkpoint and compaction). [`start`] wires them for one replica.
 //!
 //! May use: `core`, `error`, `storage`, `net::protocol`, `net::auth`, `net::peer`, `node`.
 
@@ -8,6 +9,7 @@ pub mod anti_entropy;
 mod progress;
 pub mod recovery;
 pub mod sender;
+mod upkeep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +39,8 @@ impl Background {
 }
 
 /// Starts a replica's background tasks: one sender per peer, the recovery of an empty data dir
-/// if it needs one, the anti-entropy rounds if configured, and the announcement to its peers.
+/// if it needs one, the anti-entropy rounds if configured, the store's upkeep, and the
+/// announcement to its peers.
 pub fn start(replica: &Arc<Replica>) -> Background {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -53,6 +56,7 @@ pub fn start(replica: &Arc<Replica>) -> Background {
         let span = tracing::info_span!("anti_entropy");
         tasks.spawn(anti_entropy::run(replica.clone(), config, stop_rx.clone()).instrument(span));
     }
+    tasks.spawn(upkeep::run(replica.clone(), stop_rx.clone()).instrument(tracing::info_span!("upkeep")));
     let peers = replica.layout().peers().cloned().collect();
     let mut announce_stop = stop_rx;
     let hello = sender::announce(peers, replica.peers().clone());
