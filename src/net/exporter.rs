@@ -59,7 +59,12 @@ pub(crate) fn register(replica: &Replica) {
         }
         metrics::counter!("vkv_siblings_created_total", "source" => source).increment(0);
     }
-    for name in ["vkv_write_conflicts_total", "vkv_read_repairs_total", "vkv_anti_entropy_repairs_total"] {
+    for name in [
+        "vkv_write_conflicts_total",
+        "vkv_read_repairs_total",
+        "vkv_anti_entropy_repairs_total",
+        "vkv_compactions_total",
+    ] {
         metrics::counter!(name).increment(0);
     }
     for member in replica.layout().peers() {
@@ -134,6 +139,13 @@ fn describe() {
     describe_gauge!("vkv_peer_up", "1 if the peer answered this replica's probe at the last scrape, else 0");
     describe_gauge!("vkv_keys", "Keys this replica holds (tombstones included)");
     describe_gauge!("vkv_recovering", "1 while this replica recovers its keys from the peers (writes refused)");
+    describe_gauge!("vkv_store_disk_bytes", "Bytes the store file and its write-ahead log take on disk (blocks)");
+    describe_counter!("vkv_compactions_total", "Compactions of the store file after a spell without commits");
+    describe_histogram!(
+        "vkv_compaction_duration_seconds",
+        Unit::Seconds,
+        "How long one compaction held the store exclusively"
+    );
     describe_gauge!("vkv_store_healthy", "1 if the store commits, 0 while it is failing (full disk, damage)");
 }
 

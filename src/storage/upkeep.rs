@@ -255,7 +255,10 @@ mod tests {
         let done = store.upkeep(Some(Duration::ZERO)).unwrap();
         let compaction = done.compacted.expect("a loaded store with freed pages compacts");
         assert!(compaction.after < before, "{compaction:?} from {before}");
-        assert!(compaction.after as f64 <= compaction.live as f64 * WASTE_FACTOR + WASTE_MIN_BYTES as f64, "{compaction:?}");
+        assert!(
+            compaction.after as f64 <= compaction.live as f64 * WASTE_FACTOR + WASTE_MIN_BYTES as f64,
+            "{compaction:?}"
+        );
         assert_eq!(done.disk_bytes, store.disk_bytes());
         for (i, key) in keys.iter().enumerate() {
             let set = store.get(key).unwrap();

@@ -265,12 +265,14 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
 }
 
 /// Latency and disk use of replica 1 at 10k, 100k and 1M keys, on a cluster that holds nothing
-/// else (disk: the blocks every file of replica 1's data dir takes, as `du` counts them; payload:
-/// the keys' and values' bytes).
+/// else (disk: the blocks every file of replica 1's data dir takes, as `du` counts them, right
+/// after the load and at rest — once the idle replica compacted its file; payload: the keys' and
+/// values' bytes).
 async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Result<Value, String> {
     let addr: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
     let mut points = Vec::new();
     let mut have = 0u64;
+    let mut compactions = phases::counter(&cluster.address(1), "vkv_compactions_total").await?;
     for size in [10_000u64, 100_000, 1_000_000] {
         let started = Instant::now();
         let filled = phases::fill(Kind::Vkv, addr, ("g", have, size - have), bytes, settings.connections).await;
@@ -291,20 +293,30 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
         phases::drain(cluster, Duration::from_secs(1800)).await?;
         let (_, keys) = phases::backlog(&cluster.client(1)).await?;
         let payload: u64 = (0..size).map(|i| (phases::key("g", i).len() + bytes) as u64).sum();
+        // Right after the load, then at rest: once replica 1 was idle for its
+        // --compact-idle-secs (10 s by default) it compacts its file if that is worth it.
+        let (loaded, _) = phases::disk_bytes(cluster.data_dir(1));
+        let compacted = phases::compacted(&cluster.address(1), compactions, Duration::from_secs(40)).await?;
+        compactions = phases::counter(&cluster.address(1), "vkv_compactions_total").await?;
         let (disk, files) = phases::disk_bytes(cluster.data_dir(1));
         eprintln!(
-            "growth {size}: GET p50 {:.2} ms, PUT p50 {:.2} ms, disk {:.1} MB (files {:.1} MB long) for {:.1} MB \
-             payload ({:.2}x)",
+            "growth {size}: GET p50 {:.2} ms, PUT p50 {:.2} ms, disk {:.1} MB at rest ({}; files {:.1} MB long), \
+             {:.1} MB right after the load, for {:.1} MB payload ({:.2}x at rest, {:.2}x after the load)",
             get.ms(0.5),
             put.ms(0.5),
             disk as f64 / 1e6,
+            if compacted { "compacted" } else { "not compacted within 40 s" },
             files as f64 / 1e6,
+            loaded as f64 / 1e6,
             payload as f64 / 1e6,
-            disk as f64 / payload as f64
+            disk as f64 / payload as f64,
+            loaded as f64 / payload as f64
         );
         points.push(json!({"keys": size, "replica_keys": keys, "get": figures(&get), "put": figures(&put),
                            "disk_bytes": disk, "file_bytes": files, "payload_bytes": payload,
-                           "disk_over_payload": round(disk as f64 / payload as f64)}));
+                           "disk_over_payload": round(disk as f64 / payload as f64), "compacted": compacted,
+                           "loaded_disk_bytes": loaded,
+                           "loaded_disk_over_payload": round(loaded as f64 / payload as f64)}));
     }
     Ok(Value::Array(points))
 }

@@ -71,6 +71,32 @@ pub async fn drain(cluster: &LocalCluster, timeout: Duration) -> Result<Duration
     }
 }
 
+/// A counter's value in a replica's `GET /metrics` (0 if absent).
+pub async fn counter(address: &str, name: &str) -> Result<f64, String> {
+    let text = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("cannot scrape {address}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("cannot scrape {address}: {e}"))?;
+    Ok(text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0))
+}
+
+/// Waits, up to `limit`, for the replica at `address` to compact its store once more than the
+/// `compactions` it had (it does after `--compact-idle-secs` without a commit, if its file is
+/// worth it); true if it did.
+pub async fn compacted(address: &str, compactions: f64, limit: Duration) -> Result<bool, String> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if counter(address, "vkv_compactions_total").await? > compactions {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(false)
+}
+
 /// Replication lag: writes at replica 1 at `rate` per second for `duration`; for every
 /// `sample_every`-th write, polls replicas 2..=n, all at once, each every millisecond until it
 /// returns the written value. Lag = time from the write's 200 at replica 1 to the value readable
