@@ -111,10 +111,10 @@ struct Args {
     /// every commit, so a GET of a hot key does not touch the store. 0 turns it off.
     #[arg(long, default_value_t = (DEFAULT_READ_CACHE_BUDGET >> 20) as u64, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     read_cache_mib: u64,
-    /// Compact the store file once no write or merge was committed for this many seconds and
-    /// the file takes over 1.25× what its data needs (it grows under load: copy-on-write pages,
-    /// drained outboxes). Reads and writes wait while it runs, about 0.1 s per 100,000 keys.
-    /// 0 turns it off.
+    /// Compact the store file once no write or merge was committed, and no read went to the
+    /// file, for this many seconds, and the file takes over 1.1× what its data needs (it grows
+    /// under load: copy-on-write pages, drained outboxes). Writes and reads the read cache does
+    /// not answer wait while it runs, about 0.1 s per 100,000 keys. 0 turns it off.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     compact_idle_secs: u64,
     /// Log line format: `text` for people (one line per decision), `json` for log shippers (one

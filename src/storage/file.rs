@@ -200,6 +200,7 @@ impl Store {
             path,
             peers,
             commits: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             queue: Default::default(),
             wal: Mutex::new(wal),
             checkpointed: Mutex::new(Instant::now()),

@@ -104,6 +104,9 @@ pub struct Store {
     pub(super) fault: Mutex<Fault>,
     pub(super) peers: Vec<ReplicaId>,
     pub(super) commits: AtomicU64,
+    /// Reads that went to the store file (not answered by the read cache) since it was opened:
+    /// with `commits`, what tells the upkeep whether the store is idle.
+    pub(super) reads: AtomicU64,
     pub(super) queue: super::commit::CommitQueue,
     /// The write-ahead log of commits since the last checkpoint (see `wal.rs`).
     pub(super) wal: Mutex<Wal>,
@@ -291,6 +294,7 @@ impl Store {
 
     /// The key's sibling set (empty if never written).
     pub fn get(&self, key: &str) -> Result<SiblingSet> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         self.with_db(|db| read_set(db, key))
     }
 
@@ -299,27 +303,42 @@ impl Store {
     /// to the blocking pool. `None` when the store is recovering from a fault or being reopened
     /// (that can take long): then use [`Store::get`] on the blocking pool.
     pub fn get_now(&self, key: &str) -> Option<Result<SiblingSet>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         self.try_with_db(|db| read_set(db, key))
     }
 
-    /// The answer to a read of `key` through the read cache: on a hit, no store read at all; on a
+    /// The answer to a read of `key` through the read cache: on a hit, no store read at all (nor
+    /// a wait for the store: a hit is served while the store is held by a compaction or has a
+    /// fault — a cached answer is committed data, never older than an acknowledged write); on a
     /// miss, the key's set is read as [`Store::get_now`] reads it, rendered by `render` (the key,
-    /// its set, and N), and kept for the next reader (see `cache.rs`). `None` when the store is
-    /// recovering from a fault or being reopened: then use [`Store::get_cached`].
+    /// its set, and N), and kept for the next reader (see `cache.rs`). `None` on a miss while the
+    /// store is recovering from a fault or being reopened or compacted: then use
+    /// [`Store::get_cached`].
     pub fn get_cached_now(&self, key: &str, render: Render) -> Option<Result<Arc<CachedRead>>> {
-        self.try_with_db(|db| self.read_through(db, key, render))
+        match self.cache.lookup(key) {
+            Ok(found) => Some(Ok(found)),
+            Err(ticket) => self.try_with_db(|db| self.read_missed(db, key, render, ticket)),
+        }
     }
 
     /// [`Store::get_cached_now`] that waits for a store being reopened (for the blocking pool).
     pub fn get_cached(&self, key: &str, render: Render) -> Result<Arc<CachedRead>> {
-        self.with_db(|db| self.read_through(db, key, render))
+        match self.cache.lookup(key) {
+            Ok(found) => Ok(found),
+            Err(ticket) => self.with_db(|db| self.read_missed(db, key, render, ticket)),
+        }
     }
 
-    fn read_through(&self, db: &Database, key: &str, render: Render) -> Result<Arc<CachedRead>> {
-        let ticket = match self.cache.lookup(key) {
-            Ok(found) => return Ok(found),
-            Err(ticket) => ticket,
-        };
+    /// A cache miss: the store's read, rendered, offered to the cache with the miss's ticket
+    /// (taken before the read, so a commit since makes the cache turn it down).
+    fn read_missed(
+        &self,
+        db: &Database,
+        key: &str,
+        render: Render,
+        ticket: super::cache::Ticket,
+    ) -> Result<Arc<CachedRead>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let set = read_set(db, key)?;
         let read = CachedRead::new(key, render(key, &set, self.peers.len() + 1), set.is_deleted());
         Ok(self.cache.offer(key, read, ticket))

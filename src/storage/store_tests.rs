@@ -569,3 +569,19 @@ fn concurrent_cached_reads_never_go_back_past_an_acknowledged_write() {
         assert_eq!(cached_value(&store, &format!("k{k}")).as_deref(), Some("000150"));
     }
 }
+
+#[test]
+fn a_cache_hit_does_not_wait_for_a_store_held_exclusively() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &layout(7000)).unwrap();
+    put(&store, "hot", "v1");
+    put(&store, "cold", "v1");
+    assert_eq!(cached_value(&store, "hot").as_deref(), Some("v1"));
+    // As a compaction or a reopen holds it.
+    let held = store.db.write().unwrap();
+    let hit = store.get_cached_now("hot", first_value).expect("a hit is answered at once").unwrap();
+    assert_eq!(&hit.body()[..], b"v1");
+    assert!(store.get_cached_now("cold", first_value).is_none(), "a miss must wait for the store");
+    drop(held);
+    assert_eq!(cached_value(&store, "cold").as_deref(), Some("v1"));
+}

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!   every tick (about once a second, from the replica's background task)
-//!     log holds frames and the last checkpoint is a period old ──► checkpoint (log emptied)
-//!     no commit for `idle` ─┬─ and commits since the last look ──► measure: the file's blocks
-//!                           │                                       against its live pages
-//!                           └─ blocks > 1.25 × live + 1 MiB ──────► compact (exclusive)
+//!     log holds frames, last checkpoint a period old ──► checkpoint (log emptied)
+//!     no commit and no read of the file for `idle`,
+//!       commits since the last look ──────────────────► measure the file's blocks against
+//!                                                       its live pages (one walk of the trees)
+//!       blocks > 1.1 × live and live + 1 MiB ────────► compact (store held exclusively)
 //! ```
 //!
 //! Why the file holds more than its data: redb copies a page on write, and a page freed since
@@ -16,7 +17,7 @@
 //! data needs. Compaction moves the live pages to the file's start and cuts the file.
 //!
 //! Compaction needs the database to itself: it takes the store's exclusive lock, so reads the
-//! read cache does not answer and commits wait for it (about 0.1 s per 100,000 keys measured on
+//! read cache does not answer and commits wait for it (cache hits do not) (about 0.1 s per 100,000 keys measured on
 //! the development machine). That is why it runs only on a store idle for a while, and only
 //! when the file is worth compacting. Its moves are redb commits with fsync, so a crash during
 //! it leaves a consistent file; the log is emptied first, so nothing is replayed onto it.
@@ -33,15 +34,16 @@ use super::wal::WAL_FILE;
 use crate::error::{Error, Result};
 
 /// Compact when the file's blocks exceed its live pages by this factor ...
-const WASTE_FACTOR: f64 = 1.25;
+const WASTE_FACTOR: f64 = 1.1;
 /// ... and by at least this many bytes.
 const WASTE_MIN_BYTES: u64 = 1 << 20;
 
 /// What the upkeep remembers between ticks.
 #[derive(Debug)]
 pub(super) struct UpkeepState {
-    /// The store's commit count at the last tick, and since when it holds that value.
-    seen_commits: u64,
+    /// The store's commits and reads from its file at the last tick, and since when they hold
+    /// those values.
+    seen_activity: (u64, u64),
     quiet_since: Instant,
     /// The commit count when the file was last measured: unchanged, nothing to measure again.
     measured_at_commits: Option<u64>,
@@ -49,7 +51,7 @@ pub(super) struct UpkeepState {
 
 impl Default for UpkeepState {
     fn default() -> Self {
-        UpkeepState { seen_commits: 0, quiet_since: Instant::now(), measured_at_commits: None }
+        UpkeepState { seen_activity: (0, 0), quiet_since: Instant::now(), measured_at_commits: None }
     }
 }
 
@@ -91,7 +93,9 @@ impl Store {
     /// One tick of upkeep, for a background task to call about once a second (it blocks on the
     /// disk): empties the log into redb once the last checkpoint is a period old (so an idle
     /// store holds no log to replay), and — with `compact_after` set — compacts the file when
-    /// no commit happened for that long and the file takes well over what its live pages need.
+    /// no commit and no read of the file (a read the cache did not answer) happened for that
+    /// long, and the file takes well over what its live pages need. Reads count because a
+    /// compaction makes them wait: a store busy serving reads is not idle.
     pub fn upkeep(&self, compact_after: Option<Duration>) -> Result<Upkeep> {
         let mut done = Upkeep::default();
         let logged = self.wal.lock().unwrap_or_else(|e| e.into_inner()).len();
@@ -100,10 +104,11 @@ impl Store {
             done.checkpointed = self.wal.lock().unwrap_or_else(|e| e.into_inner()).len() == 0;
         }
         let commits = self.commits.load(Ordering::Relaxed);
+        let activity = (commits, self.reads.load(Ordering::Relaxed));
         let quiet_for = {
             let mut state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
-            if state.seen_commits != commits {
-                state.seen_commits = commits;
+            if state.seen_activity != activity {
+                state.seen_activity = activity;
                 state.quiet_since = Instant::now();
             }
             state.quiet_since.elapsed()
@@ -271,6 +276,24 @@ mod tests {
         let reopened = Store::open(dir.path(), &layout()).unwrap();
         assert_eq!(reopened.get(&keys[0]).unwrap().versions()[0].value.as_deref(), Some("last"));
         assert_eq!(reopened.key_count().unwrap(), 5000);
+    }
+
+    #[test]
+    fn a_read_of_the_file_defers_compaction_as_a_commit_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout()).unwrap();
+        let keys: Vec<String> = (0..5000u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 5000)).collect();
+        for round in 0..3 {
+            write_all(&store, &keys, &format!("{}{round}", "x".repeat(100)));
+            store.with_db(|db| store.checkpoint(db)).unwrap();
+        }
+        let idle = Duration::from_millis(300);
+        assert_eq!(store.upkeep(Some(idle)).unwrap().compacted, None, "just written");
+        std::thread::sleep(idle + Duration::from_millis(50));
+        store.get("k1").unwrap();
+        assert_eq!(store.upkeep(Some(idle)).unwrap().compacted, None, "just read");
+        std::thread::sleep(idle + Duration::from_millis(50));
+        assert!(store.upkeep(Some(idle)).unwrap().compacted.is_some(), "idle since the read");
     }
 
     #[test]
