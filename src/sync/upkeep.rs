@@ -27,13 +27,15 @@ pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
             Ok(done) => {
                 metrics::gauge!("vkv_store_disk_bytes").set(done.disk_bytes as f64);
                 if let Some(c) = done.compacted {
+                    let rebuilt = if c.rebuilt { ", its keys table rebuilt in key order first" } else { "" };
                     info!(
                         "store compacted after {} s without a commit: {:.1} MB on disk before, {:.1} MB after \
-                         ({:.1} MB of live pages), held for {} ms",
+                         ({:.1} MB of live pages, leaves {:.0}% full{rebuilt}), in {} ms",
                         compact_after.unwrap_or_default().as_secs(),
                         c.before as f64 / 1e6,
                         c.after as f64 / 1e6,
                         c.live as f64 / 1e6,
+                        c.fill * 100.0,
                         c.took.as_millis()
                     );
                 }
