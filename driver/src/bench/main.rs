@@ -298,6 +298,13 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
         let compactions = phases::counter(&cluster.address(1), "vkv_compactions_total").await?;
         let compacted = phases::compacted(&cluster.address(1), compactions, Duration::from_secs(60)).await?;
         let (disk, files) = phases::disk_bytes(cluster.data_dir(1));
+        // What replica 1 says it did (how full its leaves were, how long it held the store).
+        let compaction_line = std::fs::read_to_string(cluster.log_path(1))
+            .ok()
+            .and_then(|log| log.lines().rev().find(|l| l.contains("store compacted")).map(str::to_string));
+        if let Some(line) = &compaction_line {
+            eprintln!("growth {size}: replica 1 logged: {line}");
+        }
         eprintln!(
             "growth {size}: GET p50 {:.2} ms, PUT p50 {:.2} ms, disk {:.1} MB at rest ({}; files {:.1} MB long), \
              {:.1} MB right after the load, for {:.1} MB payload ({:.2}x at rest, {:.2}x after the load)",
@@ -314,6 +321,7 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
         points.push(json!({"keys": size, "replica_keys": keys, "get": figures(&get), "put": figures(&put),
                            "disk_bytes": disk, "file_bytes": files, "payload_bytes": payload,
                            "disk_over_payload": round(disk as f64 / payload as f64), "compacted": compacted,
+                           "compaction_log": compaction_line,
                            "loaded_disk_bytes": loaded,
                            "loaded_disk_over_payload": round(loaded as f64 / payload as f64)}));
     }
