@@ -274,11 +274,23 @@ async fn growth(cluster: &LocalCluster, settings: Settings, bytes: usize) -> Res
     let mut have = 0u64;
     for size in [10_000u64, 100_000, 1_000_000] {
         let started = Instant::now();
+        let mut before = Vec::new();
+        for id in 1..=cluster.n() {
+            before.push(phases::counter(&cluster.address(id), "vkv_compactions_total").await?);
+        }
         let filled = phases::fill(Kind::Vkv, addr, ("g", have, size - have), bytes, settings.connections).await;
         check("growth fill", &filled)?;
         have = size;
         phases::drain(cluster, Duration::from_secs(1800)).await?;
         eprintln!("growth: {size} keys loaded in {:.1}s", started.elapsed().as_secs_f64());
+        // The latencies are measured on a settled cluster: a replica idle for its
+        // --compact-idle-secs after the bulk load compacts its file, and would otherwise do so
+        // in the middle of the runs below (the GET runs leave replicas 2-5 idle).
+        let settling = Instant::now();
+        for (id, compactions) in (1..=cluster.n()).zip(before) {
+            phases::compacted(&cluster.address(id), compactions, Duration::from_secs(60)).await?;
+        }
+        eprintln!("growth: {size} keys settled (every replica compacted) in {:.1}s", settling.elapsed().as_secs_f64());
         let spread = move |i: u64| i.wrapping_mul(2_654_435_761) % size;
         let get = load::run(addr, settings, Arc::new(move |i| Kind::Vkv.get(addr, &phases::key("g", spread(i))))).await;
         let put = load::run(
