@@ -144,7 +144,7 @@ fn describe() {
     describe_histogram!(
         "vkv_compaction_duration_seconds",
         Unit::Seconds,
-        "How long one compaction held the store exclusively"
+        "How long one compaction took (with the rebuild of a sparse keys table before it)"
     );
     describe_gauge!("vkv_store_healthy", "1 if the store commits, 0 while it is failing (full disk, damage)");
 }

@@ -6,9 +6,13 @@
 //!     no commit and no read of the file for `idle`,
 //!       commits since the last look ──────────────────► measure: the file's blocks, its live
 //!                                                       pages, how full the leaves are
-//!       leaves < 80% full ────────────────────────────► rebuild the keys table in key order,
+//!       leaves < 80% full (and sparser than the
+//!         last rebuild left them) ────────────────────► rebuild the keys table in key order,
 //!                                                       then compact
-//!       blocks > 1.1 × live and live + 1 MiB ─────────► compact (store held exclusively)
+//!       blocks > 1.1 × live and live + 1 MiB, and
+//!         > 1.1 × what the last compaction left ──────► compact (store held exclusively)
+//!     a commit or a read since the quiet spell began, or the exclusive lock not free within
+//!     1 s ──► given up until the next quiet spell; a failure ──► no new attempt for 10 minutes
 //! ```
 //!
 //! Why the file holds more than its data: redb copies a page on write, and a page freed since
@@ -46,6 +50,11 @@ const WASTE_MIN_BYTES: u64 = 1 << 20;
 /// Leaves less full than this (bytes stored over their pages' size) get the keys table rebuilt
 /// before the compaction. A table filled in key order, or rebuilt, runs about 0.9.
 const SPARSE_FILL: f64 = 0.8;
+/// After a failed attempt (a full disk, say), none before this long.
+const RETRY_AFTER: Duration = Duration::from_secs(600);
+/// Longest wait for the store's exclusive lock before a compaction gives up until the next quiet
+/// spell.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// The keys table's copy while it is rebuilt (inside one transaction: never seen outside it).
 const REBUILD: TableDefinition<&str, &[u8]> = TableDefinition::new("keys.rebuild");
 
@@ -58,12 +67,38 @@ pub(super) struct UpkeepState {
     quiet_since: Instant,
     /// The commit count when the file was last measured: unchanged, nothing to measure again.
     measured_at_commits: Option<u64>,
+    /// Blocks the store took right after its last compaction: the next one waits until the
+    /// file grew past [`WASTE_FACTOR`] of that too, so entries redb's statistics undercount
+    /// (a value larger than a page) cannot make every quiet spell compact again.
+    last_after: u64,
+    /// How full the leaves were right after the last rebuild: a table whose entries cannot pack
+    /// fuller (one or two per page) is not rebuilt again unless it got sparser than that.
+    rebuilt_fill: f64,
+    /// After a failure, no new attempt before this.
+    not_before: Option<Instant>,
 }
 
 impl Default for UpkeepState {
     fn default() -> Self {
-        UpkeepState { seen_activity: (0, 0), quiet_since: Instant::now(), measured_at_commits: None }
+        UpkeepState {
+            seen_activity: (0, 0),
+            quiet_since: Instant::now(),
+            measured_at_commits: None,
+            last_after: 0,
+            rebuilt_fill: 1.0,
+            not_before: None,
+        }
     }
+}
+
+/// What an attempt to compact came to.
+enum Attempt {
+    /// Not worth it (or the store has a fault).
+    NotWorthIt,
+    /// A commit or a read came in, or the store stayed busy: given up, tried at the next quiet spell.
+    Interrupted,
+    /// Compacted.
+    Done(Compaction),
 }
 
 /// One compaction: the store's disk use (blocks of its file and log) before and after.
@@ -79,7 +114,7 @@ pub struct Compaction {
     pub fill: f64,
     /// The keys table was rebuilt in key order first (its leaves were sparse).
     pub rebuilt: bool,
-    /// How long the store was held exclusively.
+    /// How long it took (a rebuild of the keys table included).
     pub took: Duration,
 }
 
@@ -129,10 +164,30 @@ impl Store {
             state.quiet_since.elapsed()
         };
         if let Some(idle) = compact_after {
-            let measured = self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).measured_at_commits;
-            if quiet_for >= idle && measured != Some(commits) {
-                done.compacted = self.compact_if_wasteful()?;
-                self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).measured_at_commits = Some(commits);
+            let due = {
+                let state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
+                quiet_for >= idle
+                    && state.measured_at_commits != Some(commits)
+                    && state.not_before.is_none_or(|t| Instant::now() >= t)
+            };
+            if due {
+                let attempt = self.compact_if_wasteful(activity);
+                let mut state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
+                match attempt {
+                    Ok(Attempt::Interrupted) => {}
+                    Ok(Attempt::NotWorthIt) => state.measured_at_commits = Some(commits),
+                    Ok(Attempt::Done(c)) => {
+                        state.measured_at_commits = Some(commits);
+                        state.last_after = c.after;
+                        done.compacted = Some(c);
+                    }
+                    Err(e) => {
+                        // A failure (a full disk, say) is not retried at every quiet spell.
+                        state.measured_at_commits = Some(commits);
+                        state.not_before = Some(Instant::now() + RETRY_AFTER);
+                        return Err(e);
+                    }
+                }
             }
         }
         done.disk_bytes = self.disk_bytes();
@@ -153,30 +208,52 @@ impl Store {
         })
     }
 
-    /// Compacts the file if its blocks exceed the live pages by [`WASTE_FACTOR`] and
-    /// [`WASTE_MIN_BYTES`], or if its leaves are under [`SPARSE_FILL`] full (then the keys table
-    /// is rebuilt first); `None` if it did not (not worth it, the store has a fault, or redb
-    /// declined because a transaction was open).
-    pub(super) fn compact_if_wasteful(&self) -> Result<Option<Compaction>> {
+    /// True while no commit and no read of the file happened since `activity` was read.
+    fn still_quiet(&self, activity: (u64, u64)) -> bool {
+        (self.commits.load(Ordering::Relaxed), self.reads.load(Ordering::Relaxed)) == activity
+    }
+
+    /// Compacts the file if its blocks exceed the live pages, and the blocks right after the
+    /// last compaction, by [`WASTE_FACTOR`] and [`WASTE_MIN_BYTES`]; or if its leaves are under
+    /// [`SPARSE_FILL`] full (and sparser than the last rebuild left them): then the keys table
+    /// is rebuilt first. Gives up if the store stops being quiet (`activity` moves) before the
+    /// work starts.
+    fn compact_if_wasteful(&self, activity: (u64, u64)) -> Result<Attempt> {
         let (live, fill) = self.measure()?;
         let file = blocks(&self.path);
-        let sparse = fill < SPARSE_FILL && live >= WASTE_MIN_BYTES;
-        if !sparse && ((file as f64) <= live as f64 * WASTE_FACTOR || file < live + WASTE_MIN_BYTES) {
-            return Ok(None);
+        let (last_after, rebuilt_fill) = {
+            let state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
+            (state.last_after, state.rebuilt_fill)
+        };
+        let sparse = fill < SPARSE_FILL && fill < rebuilt_fill - 0.1 && live >= WASTE_MIN_BYTES;
+        let wasteful = |base: u64| file as f64 > base as f64 * WASTE_FACTOR && file >= base + WASTE_MIN_BYTES;
+        let worth_it = sparse || (wasteful(live) && wasteful(last_after));
+        if !worth_it {
+            return Ok(Attempt::NotWorthIt);
+        }
+        if !self.still_quiet(activity) {
+            return Ok(Attempt::Interrupted);
         }
         let before = self.disk_bytes();
         let started = Instant::now();
         if sparse {
             self.with_db(|db| self.rebuild_keys(db))?;
         }
-        self.compact(Compaction { before, after: 0, live, fill, rebuilt: sparse, took: Duration::ZERO }, started)
+        let done = Compaction { before, after: 0, live, fill, rebuilt: sparse, took: Duration::ZERO };
+        let attempt = self.compact(done, started, activity)?;
+        if sparse {
+            let (_, packed) = self.measure()?;
+            self.upkeep.lock().unwrap_or_else(|e| e.into_inner()).rebuilt_fill = packed;
+        }
+        Ok(attempt)
     }
 
-    /// Rewrites the keys table in key order, in one transaction committed with fsync: random
-    /// writes, and sets that grow in place, split leaves into half-empty pages that compaction
-    /// alone only moves; rebuilt in order, the leaves are packed (about 90% full). The content
-    /// is unchanged, so the read cache stays valid and readers go on meanwhile (redb's readers
-    /// see the last commit); commits wait for it.
+    /// Rewrites the keys table in key order, in one transaction committed with fsync: a copy
+    /// in key order replaces it (redb's `rename_table`). Random writes, and sets that grow in
+    /// place, split leaves into half-empty pages that compaction alone only moves; copied in
+    /// order, the leaves are packed (about 90% full). The content is unchanged, so the read cache
+    /// stays valid and readers go on meanwhile (redb's readers see the last commit); commits
+    /// wait for it.
     fn rebuild_keys(&self, db: &Database) -> Result<()> {
         let txn = db.begin_write()?;
         {
@@ -188,15 +265,7 @@ impl Store {
             }
         }
         txn.delete_table(KEYS)?;
-        {
-            let copy = txn.open_table(REBUILD)?;
-            let mut keys = txn.open_table(KEYS)?;
-            for entry in copy.iter()? {
-                let (key, set) = entry?;
-                keys.insert(key.value(), set.value())?;
-            }
-        }
-        txn.delete_table(REBUILD)?;
+        txn.rename_table(REBUILD, KEYS)?;
         // Not `Store::commit`: this is no write, and must not count as activity.
         txn.commit()?;
         Ok(())
@@ -205,12 +274,27 @@ impl Store {
     /// Compacts the file, holding the store exclusively: the log is emptied first, then redb
     /// moves the live pages to the front and cuts the file. `done` holds what was measured
     /// before; `started` is when the work began (a rebuild included).
-    fn compact(&self, mut done: Compaction, started: Instant) -> Result<Option<Compaction>> {
+    fn compact(&self, mut done: Compaction, started: Instant, activity: (u64, u64)) -> Result<Attempt> {
         if self.fault().is_some() {
-            return Ok(None);
+            return Ok(Attempt::NotWorthIt);
         }
-        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
-        let Some(db) = guard.as_mut() else { return Ok(None) };
+        // Not a blocking wait: a long scan (anti-entropy's) holds the store shared, and every
+        // commit and read would queue behind a waiting writer.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut guard = loop {
+            match self.db.try_write() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(Attempt::Interrupted),
+            }
+        };
+        if !self.still_quiet(activity) {
+            return Ok(Attempt::Interrupted);
+        }
+        let Some(db) = guard.as_mut() else { return Ok(Attempt::NotWorthIt) };
         let rebuilt = done.rebuilt;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<bool> {
             self.checkpoint(db)?;
@@ -219,7 +303,7 @@ impl Store {
             loop {
                 match db.compact() {
                     Ok(true) if rounds < 8 => rounds += 1,
-                    Ok(_) => return Ok(true),
+                    Ok(moved) => return Ok(moved || rounds > 0 || rebuilt),
                     Err(CompactionError::Storage(e)) => return Err(e.into()),
                     Err(e) => {
                         tracing::debug!("compaction declined: {e}");
@@ -242,13 +326,13 @@ impl Store {
             }
         };
         if !compacted {
-            return Ok(None);
+            return Ok(Attempt::NotWorthIt);
         }
         done.took = started.elapsed();
         done.after = self.disk_bytes();
         metrics::histogram!("vkv_compaction_duration_seconds").record(done.took.as_secs_f64());
         metrics::counter!("vkv_compactions_total").increment(1);
-        Ok(Some(done))
+        Ok(Attempt::Done(done))
     }
 }
 
@@ -385,16 +469,39 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_or_compact_store_is_left_alone() {
+    fn a_store_is_compacted_only_once_idle_and_configured_and_not_when_small() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &layout()).unwrap();
-        let keys: Vec<String> = (0..50u64).map(|i| format!("k{i}")).collect();
-        write_all(&store, &keys, "v");
-        // Committed just now: not idle for a minute.
+        let keys: Vec<String> = (0..5000u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 5000)).collect();
+        for round in 0..3 {
+            write_all(&store, &keys, &format!("{}{round}", "x".repeat(100)));
+            store.with_db(|db| store.checkpoint(db)).unwrap();
+        }
+        // The same wasteful store: not idle long enough, then not configured, then compacted.
         assert_eq!(store.upkeep(Some(Duration::from_secs(60))).unwrap().compacted, None);
-        // No compaction configured.
         assert_eq!(store.upkeep(None).unwrap().compacted, None);
-        // A small store is within the minimum waste.
-        assert_eq!(store.upkeep(Some(Duration::ZERO)).unwrap().compacted, None);
+        assert!(store.upkeep(Some(Duration::ZERO)).unwrap().compacted.is_some());
+
+        let small = tempfile::tempdir().unwrap();
+        let store = Store::open(small.path(), &layout()).unwrap();
+        write_all(&store, &keys[..50], "v");
+        assert_eq!(store.upkeep(Some(Duration::ZERO)).unwrap().compacted, None, "within the minimum waste");
+    }
+
+    #[test]
+    fn entries_that_cannot_pack_fuller_are_not_rebuilt_or_compacted_again_and_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout()).unwrap();
+        // 2.5 KB sets: one fits a 4 KiB leaf, so the leaves stay about 60% full however packed.
+        let keys: Vec<String> = (0..1500u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 1500)).collect();
+        for round in 0..2 {
+            write_all(&store, &keys, &format!("{round}{}", "x".repeat(2500)));
+        }
+        let first = store.upkeep(Some(Duration::ZERO)).unwrap().compacted.expect("the first quiet spell compacts");
+        // One write, then quiet again: the file did not grow past what the compaction left.
+        write_all(&store, &keys[..1], "y");
+        let again = store.upkeep(Some(Duration::ZERO)).unwrap();
+        assert_eq!(again.compacted, None, "after {first:?}");
+        assert_eq!(store.key_count().unwrap(), 1500);
     }
 }

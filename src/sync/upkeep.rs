@@ -29,7 +29,7 @@ pub async fn run(replica: Arc<Replica>, mut stop: watch::Receiver<bool>) {
                 if let Some(c) = done.compacted {
                     let rebuilt = if c.rebuilt { ", its keys table rebuilt in key order first" } else { "" };
                     info!(
-                        "store compacted after {} s without a commit: {:.1} MB on disk before, {:.1} MB after \
+                        "store compacted after {} s idle (no commit, no read of the file): {:.1} MB on disk before, {:.1} MB after \
                          ({:.1} MB of live pages, leaves {:.0}% full{rebuilt}), in {} ms",
                         compact_after.unwrap_or_default().as_secs(),
                         c.before as f64 / 1e6,
