@@ -1,5 +1,8 @@
 //! Upkeep of an idle store: the log emptied into redb, and the file compacted.
 //!
+//! Size: when to compact, the rebuild and the compaction, and their tests (each builds a store
+//! in the shape it needs); the decision and the work it guards belong together.
+//!
 //! ```text
 //!   every tick (about once a second, from the replica's background task)
 //!     log holds frames, last checkpoint a period old ──► checkpoint (log emptied)
