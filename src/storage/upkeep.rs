@@ -376,17 +376,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_tick_empties_the_log_and_compacts_an_idle_loaded_store_without_losing_a_key() {
+    /// A store of 5,000 keys in a scattered order, each written three times with a checkpoint
+    /// between: copy-on-write and the drained outboxes leave freed pages behind.
+    fn loaded_store() -> (tempfile::TempDir, Store, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &layout()).unwrap();
-        // Keys in a scattered order, each written three times with a checkpoint between:
-        // copy-on-write and the drained outboxes leave freed pages behind.
         let keys: Vec<String> = (0..5000u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 5000)).collect();
         for round in 0..3 {
             write_all(&store, &keys, &format!("{}{round}", "x".repeat(100)));
             store.with_db(|db| store.checkpoint(db)).unwrap();
         }
+        (dir, store, keys)
+    }
+
+    #[test]
+    fn a_tick_empties_the_log_and_compacts_an_idle_loaded_store_without_losing_a_key() {
+        let (dir, store, keys) = loaded_store();
         write_all(&store, &keys[..10], "last");
         assert!(store.wal.lock().unwrap().len() > 0);
 
@@ -455,13 +460,7 @@ mod tests {
 
     #[test]
     fn a_read_of_the_file_defers_compaction_as_a_commit_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &layout()).unwrap();
-        let keys: Vec<String> = (0..5000u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 5000)).collect();
-        for round in 0..3 {
-            write_all(&store, &keys, &format!("{}{round}", "x".repeat(100)));
-            store.with_db(|db| store.checkpoint(db)).unwrap();
-        }
+        let (_dir, store, _) = loaded_store();
         let idle = Duration::from_millis(300);
         assert_eq!(store.upkeep(Some(idle)).unwrap().compacted, None, "just written");
         std::thread::sleep(idle + Duration::from_millis(50));
@@ -473,13 +472,7 @@ mod tests {
 
     #[test]
     fn a_store_is_compacted_only_once_idle_and_configured_and_not_when_small() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &layout()).unwrap();
-        let keys: Vec<String> = (0..5000u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 5000)).collect();
-        for round in 0..3 {
-            write_all(&store, &keys, &format!("{}{round}", "x".repeat(100)));
-            store.with_db(|db| store.checkpoint(db)).unwrap();
-        }
+        let (_dir, store, keys) = loaded_store();
         // The same wasteful store: not idle long enough, then not configured, then compacted.
         assert_eq!(store.upkeep(Some(Duration::from_secs(60))).unwrap().compacted, None);
         assert_eq!(store.upkeep(None).unwrap().compacted, None);
