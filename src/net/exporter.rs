@@ -140,7 +140,10 @@ fn describe() {
     describe_gauge!("vkv_keys", "Keys this replica holds (tombstones included)");
     describe_gauge!("vkv_recovering", "1 while this replica recovers its keys from the peers (writes refused)");
     describe_gauge!("vkv_store_disk_bytes", "Bytes the store file and its write-ahead log take on disk (blocks)");
-    describe_counter!("vkv_compactions_total", "Compactions of the store file after a spell without commits");
+    describe_counter!(
+        "vkv_compactions_total",
+        "Compactions of the store file after a spell without commits or reads of the file"
+    );
     describe_histogram!(
         "vkv_compaction_duration_seconds",
         Unit::Seconds,

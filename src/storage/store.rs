@@ -294,8 +294,7 @@ impl Store {
 
     /// The key's sibling set (empty if never written).
     pub fn get(&self, key: &str) -> Result<SiblingSet> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.with_db(|db| read_set(db, key))
+        self.with_db(|db| self.read_file(db, key))
     }
 
     /// [`Store::get`] on the calling thread, for an async worker: a redb read transaction never
@@ -303,8 +302,14 @@ impl Store {
     /// to the blocking pool. `None` when the store is recovering from a fault or being reopened
     /// (that can take long): then use [`Store::get`] on the blocking pool.
     pub fn get_now(&self, key: &str) -> Option<Result<SiblingSet>> {
+        self.try_with_db(|db| self.read_file(db, key))
+    }
+
+    /// A client read that goes to the file (not answered by the read cache), counted for the
+    /// upkeep's idleness.
+    fn read_file(&self, db: &Database, key: &str) -> Result<SiblingSet> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        self.try_with_db(|db| read_set(db, key))
+        read_set(db, key)
     }
 
     /// The answer to a read of `key` through the read cache: on a hit, no store read at all (nor
@@ -338,8 +343,7 @@ impl Store {
         render: Render,
         ticket: super::cache::Ticket,
     ) -> Result<Arc<CachedRead>> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        let set = read_set(db, key)?;
+        let set = self.read_file(db, key)?;
         let read = CachedRead::new(key, render(key, &set, self.peers.len() + 1), set.is_deleted());
         Ok(self.cache.offer(key, read, ticket))
     }

@@ -156,40 +156,36 @@ impl Store {
             self.with_db(|db| self.checkpoint_if_due(db))?;
             done.checkpointed = self.wal.lock().unwrap_or_else(|e| e.into_inner()).len() == 0;
         }
-        let commits = self.commits.load(Ordering::Relaxed);
-        let activity = (commits, self.reads.load(Ordering::Relaxed));
-        let quiet_for = {
+        let activity = self.activity();
+        let commits = activity.0;
+        let due = {
             let mut state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
             if state.seen_activity != activity {
                 state.seen_activity = activity;
                 state.quiet_since = Instant::now();
             }
-            state.quiet_since.elapsed()
-        };
-        if let Some(idle) = compact_after {
-            let due = {
-                let state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
-                quiet_for >= idle
+            compact_after.is_some_and(|idle| {
+                state.quiet_since.elapsed() >= idle
                     && state.measured_at_commits != Some(commits)
                     && state.not_before.is_none_or(|t| Instant::now() >= t)
-            };
-            if due {
-                let attempt = self.compact_if_wasteful(activity);
-                let mut state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
-                match attempt {
-                    Ok(Attempt::Interrupted) => {}
-                    Ok(Attempt::NotWorthIt) => state.measured_at_commits = Some(commits),
-                    Ok(Attempt::Done(c)) => {
-                        state.measured_at_commits = Some(commits);
-                        state.last_after = c.after;
-                        done.compacted = Some(c);
-                    }
-                    Err(e) => {
-                        // A failure (a full disk, say) is not retried at every quiet spell.
-                        state.measured_at_commits = Some(commits);
-                        state.not_before = Some(Instant::now() + RETRY_AFTER);
-                        return Err(e);
-                    }
+            })
+        };
+        if due {
+            let attempt = self.compact_if_wasteful(activity);
+            let mut state = self.upkeep.lock().unwrap_or_else(|e| e.into_inner());
+            match attempt {
+                Ok(Attempt::Interrupted) => {}
+                Ok(Attempt::NotWorthIt) => state.measured_at_commits = Some(commits),
+                Ok(Attempt::Done(c)) => {
+                    state.measured_at_commits = Some(commits);
+                    state.last_after = c.after;
+                    done.compacted = Some(c);
+                }
+                Err(e) => {
+                    // A failure (a full disk, say) is not retried at every quiet spell.
+                    state.measured_at_commits = Some(commits);
+                    state.not_before = Some(Instant::now() + RETRY_AFTER);
+                    return Err(e);
                 }
             }
         }
@@ -211,9 +207,14 @@ impl Store {
         })
     }
 
+    /// The store's commits and reads of its file so far: unchanged, the store was idle.
+    fn activity(&self) -> (u64, u64) {
+        (self.commits.load(Ordering::Relaxed), self.reads.load(Ordering::Relaxed))
+    }
+
     /// True while no commit and no read of the file happened since `activity` was read.
     fn still_quiet(&self, activity: (u64, u64)) -> bool {
-        (self.commits.load(Ordering::Relaxed), self.reads.load(Ordering::Relaxed)) == activity
+        self.activity() == activity
     }
 
     /// Compacts the file if its blocks exceed the live pages, and the blocks right after the
@@ -376,12 +377,17 @@ mod tests {
         }
     }
 
+    /// Keys `k0` … `k{n-1}` in a scattered order (writes land all over the table).
+    fn scattered(n: u64) -> Vec<String> {
+        (0..n).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % n)).collect()
+    }
+
     /// A store of 5,000 keys in a scattered order, each written three times with a checkpoint
     /// between: copy-on-write and the drained outboxes leave freed pages behind.
     fn loaded_store() -> (tempfile::TempDir, Store, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &layout()).unwrap();
-        let keys: Vec<String> = (0..5000u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 5000)).collect();
+        let keys = scattered(5000);
         for round in 0..3 {
             write_all(&store, &keys, &format!("{}{round}", "x".repeat(100)));
             store.with_db(|db| store.checkpoint(db)).unwrap();
@@ -433,7 +439,7 @@ mod tests {
         let store = Store::open(dir.path(), &layout()).unwrap();
         // Every key's set grows a little with each round, in a scattered order: leaves that no
         // longer fit split in half, and the table ends up with many half-empty leaves.
-        let keys: Vec<String> = (0..6000u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 6000)).collect();
+        let keys = scattered(6000);
         for round in 0..8 {
             write_all(&store, &keys, &"x".repeat(60 + 9 * round));
         }
@@ -489,7 +495,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &layout()).unwrap();
         // 2.5 KB sets: one fits a 4 KiB leaf, so the leaves stay about 60% full however packed.
-        let keys: Vec<String> = (0..1500u64).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % 1500)).collect();
+        let keys = scattered(1500);
         for round in 0..2 {
             write_all(&store, &keys, &format!("{round}{}", "x".repeat(2500)));
         }
