@@ -169,6 +169,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// The log writer thread's buffer: a burst of decision lines (~200 bytes each) per write(2).
+const LOG_BUFFER_BYTES: usize = 64 << 10;
+
 fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("vkv-server: {message}");
     ExitCode::from(2)
@@ -179,9 +182,13 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     // Log lines go to a writer thread through a bounded queue, so a request never waits for a
     // write(2) to stdout. Not lossy: when the queue is full, callers wait rather than drop a
-    // decision line. The guard flushes the queue when main returns.
-    let (writer, _flush_on_exit) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stdout());
+    // decision line. The writer thread buffers what it takes off the queue and flushes whenever
+    // the queue is empty: one write(2) per burst of lines rather than per line (stdout alone is
+    // line-buffered), and no line waits in the buffer once the thread has caught up. The guard
+    // flushes the queue and the buffer when main returns.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stdout()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs =

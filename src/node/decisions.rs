@@ -260,8 +260,8 @@ fn record_merge(log: &DecisionLog, source: MergeSource, r: &MergeRecord, value: 
 /// what arrived, and what the merge did, with the decision and the key as fields.
 pub(crate) fn merge(log: &DecisionLog, from: ReplicaId, r: &MergeRecord, v: &Version) {
     let shown = preview(v.value.as_deref());
-    let head = format!("local {} vs received {shown} {} from replica {from} →", show_clocks(&r.local), r.received);
-    record_merge(log, MergeSource::Replication(from), r, Some(shown));
+    // Written straight into the line (no string of its own: a receiver logs one line per key).
+    let head = MergeHead { local: &r.local, shown: &shown, received: &r.received, from };
     count_merge(MergeSource::Replication(from), r.outcome);
     let key = &r.key;
     match r.outcome {
@@ -280,6 +280,28 @@ pub(crate) fn merge(log: &DecisionLog, from: ReplicaId, r: &MergeRecord, v: &Ver
         MergeOutcome::Conflict { siblings } => {
             warn!(decision = "conflict", key = ?key, "{head} CONFLICT, kept {siblings} siblings")
         }
+    }
+    record_merge(log, MergeSource::Replication(from), r, Some(shown));
+}
+
+/// The start of a merge's decision line: `local [..] vs received "v" [..] from replica N →`.
+struct MergeHead<'a> {
+    local: &'a [VectorClock],
+    shown: &'a str,
+    received: &'a VectorClock,
+    from: ReplicaId,
+}
+
+impl fmt::Display for MergeHead<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "local {} vs received {} {} from replica {} →",
+            Clocks(self.local),
+            self.shown,
+            self.received,
+            self.from
+        )
     }
 }
 

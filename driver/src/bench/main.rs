@@ -208,8 +208,12 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
 
     // Replication lag at a steady 1,000 writes/s.
     let lag_seconds = if args.quick { 3 } else { 10 };
+    // The machine's own stalls during the lag run, and then with the cluster idle (see
+    // phases::StallProbe).
+    let probe = phases::StallProbe::start();
     let (lag, lag_failed) =
         phases::replication_lag(&cluster, 1000.0, Duration::from_secs(lag_seconds), 5, bytes).await?;
+    let lag_stalls = probe.finish();
     let lag_ms = |q: f64| round(lag.value_at_quantile(q) as f64 / 1000.0);
     eprintln!(
         "replication lag at 1000 writes/s ({} samples): p50 {} ms, p99 {} ms, max {} ms",
@@ -219,6 +223,26 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
         lag_ms(1.0)
     );
     phases::drain(&cluster, Duration::from_secs(300)).await?;
+    let probe = phases::StallProbe::start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_stalls = probe.finish();
+    let stalls = |h: &hdrhistogram::Histogram<u64>| {
+        let ms = |q: f64| round(h.value_at_quantile(q) as f64 / 1000.0);
+        let over_4ms = h.count_between(4_000, h.max().max(4_000));
+        (
+            json!({"wakeups": h.len(), "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": ms(1.0), "over_4ms": over_4ms}),
+            format!(
+                "p50 {} ms, p99 {} ms, max {} ms, {over_4ms} of {} late by 4 ms or more",
+                ms(0.5),
+                ms(0.99),
+                ms(1.0),
+                h.len()
+            ),
+        )
+    };
+    let (idle_stalls, idle_text) = stalls(&idle_stalls);
+    let (lag_stalls, lag_text) = stalls(&lag_stalls);
+    eprintln!("a thread sleeping 1 ms woke up late by: during the lag run {lag_text}; idle cluster {idle_text}");
 
     // Catch-up.
     let catchup = phases::catch_up(&mut cluster, catchup_keys, bytes, connections).await?;
@@ -251,6 +275,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
         "ceiling": entry(find(Kind::Ceiling)),
         "vkv": entry(find(Kind::Vkv)),
         "etcd": entry(find(Kind::Etcd)),
+        "wakeup_late_ms": {"idle": idle_stalls, "lag_run": lag_stalls},
         "replication_lag_ms": {"p50": lag_ms(0.5), "p99": lag_ms(0.99), "p999": lag_ms(0.999),
                                "max": lag_ms(1.0), "samples": lag.len(), "failed_writes": lag_failed,
                                "writes_per_s": 1000},

@@ -97,6 +97,39 @@ pub async fn compacted(address: &str, compactions: f64, limit: Duration) -> Resu
     Ok(false)
 }
 
+/// How late a thread that sleeps 1 ms at a time wakes up, measured while something else runs:
+/// the machine's own stalls (a hypervisor that holds the virtual CPUs, say), which delay every
+/// process on it — the replicas' commits and the bench's reads alike. An OS thread, not a tokio
+/// task, so the bench's own runtime does not add to it.
+pub struct StallProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Histogram<u64>>,
+}
+
+impl StallProbe {
+    pub fn start() -> StallProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut late = histogram();
+            let tick = Duration::from_millis(1);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let asleep = Instant::now();
+                std::thread::sleep(tick);
+                let over = asleep.elapsed().saturating_sub(tick);
+                late.saturating_record((over.as_micros() as u64).max(1));
+            }
+            late
+        });
+        StallProbe { stop, thread }
+    }
+
+    pub fn finish(self) -> Histogram<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_else(|_| histogram())
+    }
+}
+
 /// Replication lag: writes at replica 1 at `rate` per second for `duration`; for every
 /// `sample_every`-th write, polls replicas 2..=n, all at once, each every millisecond until it
 /// returns the written value. Lag = time from the write's 200 at replica 1 to the value readable
