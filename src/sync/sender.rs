@@ -166,8 +166,18 @@ impl<P: PeerTransport> Sender<P> {
         let (pid, addr) = (peer.id, peer.address());
         let mut progress = Progress::new();
         let mut acking: Option<Acking> = None;
+        // When the last batch shipped, if it was small (tokio's clock: paused in tests).
+        let mut last_small: Option<tokio::time::Instant> = None;
         debug!("sender started");
         while !*stop.borrow() {
+            if let Some(left) = last_small.take() {
+                // A trickle of writes: let a few more gather before the next batch, so the peer
+                // commits (and fsyncs) once for several keys instead of once for each.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(left + LINGER) => {}
+                    _ = stop.changed() => {}
+                }
+            }
             let mut skip = progress.skipped(Instant::now());
             if let Some(a) = &acking {
                 skip.extend(a.batch.iter().map(|p| p.key.clone()));
@@ -218,6 +228,9 @@ impl<P: PeerTransport> Sender<P> {
                             after.as_secs_f64()
                         ),
                         Recovered::No => {}
+                    }
+                    if batch.len() < LINGER_BELOW_KEYS {
+                        last_small = Some(tokio::time::Instant::now());
                     }
                     acking = Some(self.start_acknowledge(batch));
                 }
@@ -283,6 +296,14 @@ struct Acking {
     batch: Vec<Pending>,
     cleared: tokio::sync::oneshot::Receiver<Result<usize>>,
 }
+
+/// After shipping a batch of fewer than [`LINGER_BELOW_KEYS`] keys, a sender waits this long
+/// (from the shipping) before it reads the next batch: under a trickle of writes each batch
+/// then carries a few keys, not one, and the peers fsync a fraction as often. Under load the
+/// batches are large and nothing waits.
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
+/// See [`LINGER`].
+pub(crate) const LINGER_BELOW_KEYS: usize = 8;
 
 /// Sleeps `delay`, cut short by `stop`.
 async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) {

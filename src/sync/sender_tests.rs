@@ -24,6 +24,8 @@ struct FakePeer {
     received: Arc<Mutex<BTreeSet<String>>>,
     /// Every entry accepted, as the receiver decoded it.
     entries: Arc<Mutex<Vec<ReplicateEntry>>>,
+    /// When each batch accepted arrived (tokio's clock) and how many keys it held.
+    batches: Arc<Mutex<Vec<(tokio::time::Instant, usize)>>>,
 }
 
 impl PeerTransport for FakePeer {
@@ -61,6 +63,7 @@ impl PeerTransport for FakePeer {
         if let Some(bad) = self.refuse.filter(|bad| request.entries.iter().any(|e| e.key == *bad)) {
             return Err(PeerError::Refused { path, status: 400, message: format!("{bad} refused") });
         }
+        self.batches.lock().unwrap().push((tokio::time::Instant::now(), request.entries.len()));
         self.received.lock().unwrap().extend(request.entries.iter().map(|e| e.key.clone()));
         self.entries.lock().unwrap().extend(request.entries);
         Ok(())
@@ -180,6 +183,45 @@ async fn the_stored_sets_reach_the_peer_as_the_versions_they_hold() {
 }
 
 // The decisions alone (`Progress`), step by step.
+
+/// In real time (a paused clock jumps ahead while the sender waits for the store, so it cannot
+/// show writes arriving during a linger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_trickle_of_writes_a_sender_lingers_after_a_small_batch() {
+    let peer = FakePeer::default();
+    let f = start(peer.clone(), &["k0"]);
+    until("the first key delivered", || peer.received.lock().unwrap().len() == 1).await;
+    // A write every 200 µs or so (each its own commit), from a thread of its own (tokio's timer
+    // has 1 ms ticks): without the linger each would ship as soon as written.
+    let (store, link) = (f.store.clone(), f.link.clone());
+    tokio::task::spawn_blocking(move || {
+        for i in 1..=20 {
+            store
+                .write_local(&format!("k{i}"), |cur| {
+                    let clock = cur.client_write(2, None, 0).unwrap();
+                    Ok((SiblingSet::single(Version::value("v", clock)), ()))
+                })
+                .unwrap();
+            link.wake();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+    .await
+    .unwrap();
+    until("every key delivered", || peer.received.lock().unwrap().len() == 21).await;
+    let batches = peer.batches.lock().unwrap().clone();
+    for pair in batches.windows(2) {
+        let ((first, keys), (next, _)) = (pair[0], pair[1]);
+        if keys < LINGER_BELOW_KEYS {
+            assert!(
+                next - first >= LINGER,
+                "a batch of {keys} key(s) was followed after {:?}: {batches:?}",
+                next - first
+            );
+        }
+    }
+    f.stop.send(true).unwrap();
+}
 
 fn pending(keys: &[&str]) -> Vec<Pending> {
     keys.iter()
