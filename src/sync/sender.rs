@@ -19,7 +19,12 @@
 //! retry against a dead peer); only the backoff timer, a `hello` from the peer, or a replication
 //! request from it (proof it is up) do. Marks are durable, so a sender that is stopped — or a
 //! replica that crashes — mid-batch simply ships the batch again later; the receiver's merge is
-//! idempotent.
+//! idempotent. After a small batch a sender lingers a moment (see [`LINGER`]), so under a
+//! trickle of writes a peer commits several keys per fsync.
+//!
+//! Size: one loop with every wait a sender makes (idle, linger, backoff, membership, a store that
+//! fails), each cut short by a stop, and the line each logs; split, the stop handling would be
+//! spread over several places.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -175,7 +180,8 @@ impl<P: PeerTransport> Sender<P> {
                 // commits (and fsyncs) once for several keys instead of once for each.
                 tokio::select! {
                     _ = tokio::time::sleep_until(left + LINGER) => {}
-                    _ = stop.changed() => {}
+                    // Back to the loop's test: this wait has seen the stop, the later ones would not.
+                    _ = stop.changed() => continue,
                 }
             }
             let mut skip = progress.skipped(Instant::now());
@@ -298,7 +304,7 @@ struct Acking {
 }
 
 /// After shipping a batch of fewer than [`LINGER_BELOW_KEYS`] keys, a sender waits this long
-/// (from the shipping) before it reads the next batch: under a trickle of writes each batch
+/// from the peer's answer (1–2 ms with tokio's 1 ms timer ticks) before it reads the next batch: under a trickle of writes each batch
 /// then carries a few keys, not one, and the peers fsync a fraction as often. Under load the
 /// batches are large and nothing waits.
 pub(crate) const LINGER: Duration = Duration::from_millis(1);

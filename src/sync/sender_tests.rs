@@ -76,6 +76,7 @@ struct Fixture {
     store: Arc<Store>,
     link: Arc<PeerLink>,
     stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -93,8 +94,8 @@ fn start(peer: FakePeer, keys: &[&str]) -> Fixture {
     }
     let link = Arc::new(PeerLink::new(layout.member(2).unwrap().clone()));
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(Sender::new(peer, store.clone(), link.clone()).run(stop_rx));
-    Fixture { store, link, stop, _dir: dir }
+    let task = tokio::spawn(Sender::new(peer, store.clone(), link.clone()).run(stop_rx));
+    Fixture { store, link, stop, task, _dir: dir }
 }
 
 /// Waits (in paused time, so backoffs pass at once) until `done`, at most 20 virtual minutes.
@@ -184,8 +185,7 @@ async fn the_stored_sets_reach_the_peer_as_the_versions_they_hold() {
 
 // The decisions alone (`Progress`), step by step.
 
-/// In real time (a paused clock jumps ahead while the sender waits for the store, so it cannot
-/// show writes arriving during a linger).
+/// In real time, with the writes from a thread of their own: tokio's timer has 1 ms ticks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_trickle_of_writes_a_sender_lingers_after_a_small_batch() {
     let peer = FakePeer::default();
@@ -221,6 +221,32 @@ async fn under_a_trickle_of_writes_a_sender_lingers_after_a_small_batch() {
         }
     }
     f.stop.send(true).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_the_linger_ends_the_sender_at_once() {
+    let peer = FakePeer::default();
+    let f = start(peer.clone(), &["k0"]);
+    // Without advancing the clock: the sender ships k0 and goes straight into its linger.
+    while peer.received.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // A key queued, and a peer that would make a sender that went on wait 10 s.
+    f.store
+        .write_local("k1", |cur| {
+            let clock = cur.client_write(2, None, 0).unwrap();
+            Ok((SiblingSet::single(Version::value("v", clock)), ()))
+        })
+        .unwrap();
+    peer.mismatch.store(true, Ordering::SeqCst);
+    let stopped = tokio::time::Instant::now();
+    f.stop.send(true).unwrap();
+    f.task.await.unwrap();
+    assert!(stopped.elapsed() < MEMBERSHIP_RETRY, "the sender went on for {:?} after the stop", stopped.elapsed());
+    assert!(!peer.received.lock().unwrap().contains("k1"), "nothing ships after the stop");
 }
 
 fn pending(keys: &[&str]) -> Vec<Pending> {
