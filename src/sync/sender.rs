@@ -19,7 +19,7 @@
 //! retry against a dead peer); only the backoff timer, a `hello` from the peer, or a replication
 //! request from it (proof it is up) do. Marks are durable, so a sender that is stopped — or a
 //! replica that crashes — mid-batch simply ships the batch again later; the receiver's merge is
-//! idempotent. After a small batch a sender lingers a moment (see [`LINGER`]), so under a
+//! idempotent. After a small batch a sender lingers a moment (`LINGER`, below), so under a
 //! trickle of writes a peer commits several keys per fsync.
 //!
 //! Size: one loop with every wait a sender makes (idle, linger, backoff, membership, a store that
