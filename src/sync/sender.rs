@@ -178,10 +178,10 @@ impl<P: PeerTransport> Sender<P> {
             if let Some(left) = last_small.take() {
                 // A trickle of writes: let a few more gather before the next batch, so the peer
                 // commits (and fsyncs) once for several keys instead of once for each.
-                tokio::select! {
-                    _ = tokio::time::sleep_until(left + LINGER) => {}
-                    // Back to the loop's test: this wait has seen the stop, the later ones would not.
-                    _ = stop.changed() => continue,
+                pause(&mut stop, (left + LINGER).saturating_duration_since(tokio::time::Instant::now())).await;
+                if *stop.borrow() {
+                    // This wait has seen the stop; the later ones would not.
+                    continue;
                 }
             }
             let mut skip = progress.skipped(Instant::now());
@@ -304,9 +304,9 @@ struct Acking {
 }
 
 /// After shipping a batch of fewer than [`LINGER_BELOW_KEYS`] keys, a sender waits this long
-/// from the peer's answer (1–2 ms with tokio's 1 ms timer ticks) before it reads the next batch: under a trickle of writes each batch
-/// then carries a few keys, not one, and the peers fsync a fraction as often. Under load the
-/// batches are large and nothing waits.
+/// from the peer's answer (1–2 ms with tokio's 1 ms timer ticks) before it reads the next batch:
+/// under a trickle of writes each batch then carries a few keys, not one, and the peers fsync a
+/// fraction as often. Under load the batches are large and nothing waits.
 pub(crate) const LINGER: Duration = Duration::from_millis(1);
 /// See [`LINGER`].
 pub(crate) const LINGER_BELOW_KEYS: usize = 8;
