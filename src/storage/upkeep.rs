@@ -382,11 +382,17 @@ mod tests {
         (0..n).map(|i| format!("k{}", i.wrapping_mul(2_654_435_761) % n)).collect()
     }
 
+    /// A new store in a directory of its own (kept while the directory lives).
+    fn empty_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &layout()).unwrap();
+        (dir, store)
+    }
+
     /// A store of 5,000 keys in a scattered order, each written three times with a checkpoint
     /// between: copy-on-write and the drained outboxes leave freed pages behind.
     fn loaded_store() -> (tempfile::TempDir, Store, Vec<String>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &layout()).unwrap();
+        let (dir, store) = empty_store();
         let keys = scattered(5000);
         for round in 0..3 {
             write_all(&store, &keys, &format!("{}{round}", "x".repeat(100)));
@@ -435,8 +441,7 @@ mod tests {
 
     #[test]
     fn sparse_leaves_get_the_keys_table_rebuilt_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &layout()).unwrap();
+        let (dir, store) = empty_store();
         // Every key's set grows a little with each round, in a scattered order: leaves that no
         // longer fit split in half, and the table ends up with many half-empty leaves.
         let keys = scattered(6000);
@@ -484,16 +489,14 @@ mod tests {
         assert_eq!(store.upkeep(None).unwrap().compacted, None);
         assert!(store.upkeep(Some(Duration::ZERO)).unwrap().compacted.is_some());
 
-        let small = tempfile::tempdir().unwrap();
-        let store = Store::open(small.path(), &layout()).unwrap();
+        let (_small, store) = empty_store();
         write_all(&store, &keys[..50], "v");
         assert_eq!(store.upkeep(Some(Duration::ZERO)).unwrap().compacted, None, "within the minimum waste");
     }
 
     #[test]
     fn entries_that_cannot_pack_fuller_are_not_rebuilt_or_compacted_again_and_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &layout()).unwrap();
+        let (_dir, store) = empty_store();
         // 2.5 KB sets: one fits a 4 KiB leaf, so the leaves stay about 60% full however packed.
         let keys = scattered(1500);
         for round in 0..2 {
