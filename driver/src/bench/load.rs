@@ -47,7 +47,7 @@ impl Outcome {
     }
 
     pub fn ms(&self, quantile: f64) -> f64 {
-        self.ok.value_at_quantile(quantile) as f64 / 1000.0
+        ms(&self.ok, quantile)
     }
 
     pub fn merge(&mut self, other: Outcome) {
@@ -56,6 +56,11 @@ impl Outcome {
         self.first_error = self.first_error.take().or(other.first_error);
         self.elapsed += other.elapsed;
     }
+}
+
+/// The value at `quantile` of a [`histogram`] (which records microseconds), in milliseconds.
+pub fn ms(h: &Histogram<u64>, quantile: f64) -> f64 {
+    h.value_at_quantile(quantile) as f64 / 1000.0
 }
 
 pub fn histogram() -> Histogram<u64> {

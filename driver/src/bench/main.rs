@@ -214,7 +214,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     let (lag, lag_failed) =
         phases::replication_lag(&cluster, 1000.0, Duration::from_secs(lag_seconds), 5, bytes).await?;
     let lag_stalls = probe.finish();
-    let lag_ms = |q: f64| round(lag.value_at_quantile(q) as f64 / 1000.0);
+    let lag_ms = |q: f64| round(load::ms(&lag, q));
     eprintln!(
         "replication lag at 1000 writes/s ({} samples): p50 {} ms, p99 {} ms, max {} ms",
         lag.len(),
@@ -227,7 +227,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_stalls = probe.finish();
     let stalls = |h: &hdrhistogram::Histogram<u64>| {
-        let ms = |q: f64| round(h.value_at_quantile(q) as f64 / 1000.0);
+        let ms = |q: f64| round(load::ms(h, q));
         let over_4ms = h.count_between(4_000, h.max().max(4_000));
         (
             json!({"wakeups": h.len(), "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": ms(1.0), "over_4ms": over_4ms}),
