@@ -28,7 +28,8 @@ use std::sync::Mutex;
 
 use redb::{ReadableTable, TableDefinition};
 
-use super::store::{decode, encode, outbox_name, Store, COUNTERS, KEYS, MARK_SEQUENCE};
+use super::digest::Delta;
+use super::store::{current_set, encode, outbox_name, Store, COUNTERS, KEYS, MARK_SEQUENCE};
 use super::wal::Frame;
 use crate::core::cluster::ReplicaId;
 use crate::core::versions::SiblingSet;
@@ -184,6 +185,7 @@ impl Store {
             let txn = db.begin_write()?;
             let mut answers = Vec::with_capacity(batch.len());
             let mut frame = Frame::default();
+            let mut delta = Delta::default();
             let mut cleared_any = false;
             {
                 let mut keys = txn.open_table(KEYS)?;
@@ -214,15 +216,13 @@ impl Store {
                             continue;
                         }
                     };
-                    let current = match keys.get(key.as_str())? {
-                        Some(bytes) => decode(key, bytes.value())?,
-                        None => SiblingSet::new(),
-                    };
+                    let (current, before) = current_set(&keys, key)?;
                     let decide = decide.take().expect("each job decides once");
                     match decide(&current) {
                         Ok((next, answer)) => {
                             let encoded = encode(&next);
                             keys.insert(key.as_str(), encoded.as_slice())?;
+                            delta.change(key, before.as_ref(), &encoded);
                             mark += 1;
                             for outbox in &mut outboxes {
                                 outbox.insert(key.as_str(), mark)?;
@@ -236,7 +236,7 @@ impl Store {
                 counters.insert(MARK_SEQUENCE, mark)?;
             }
             if !frame.is_empty() {
-                self.commit_logged(txn, frame)?;
+                self.commit_logged(txn, frame, delta)?;
             } else if cleared_any {
                 // No fsync: the next durable commit carries this to the disk; a crash before it
                 // brings the marks back and the sets ship again (idempotent at the peer).

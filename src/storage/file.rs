@@ -206,6 +206,7 @@ impl Store {
             checkpointed: Mutex::new(Instant::now()),
             cache: Default::default(),
             upkeep: Default::default(),
+            digests: Default::default(),
             #[cfg(test)]
             fail_commits: Default::default(),
             #[cfg(test)]
@@ -444,8 +445,9 @@ impl Store {
         });
         match reopened {
             Ok(reopened) => {
-                // The log's replay may have changed keys behind the cache's back.
+                // The log's replay may have changed keys behind the cache's and the digests' back.
                 self.cache.clear();
+                self.digests.reset();
                 *db = Some(reopened);
                 self.fault.lock().unwrap_or_else(|e| e.into_inner()).needs_reopen = false;
                 tracing::info!("store {} reopened", self.path.display());

@@ -7,6 +7,7 @@
 
 mod cache;
 mod commit;
+pub mod digest;
 mod file;
 mod listing;
 pub mod store;

@@ -37,6 +37,7 @@ use serde_json::value::RawValue;
 use super::cache::ReadCache;
 pub use super::cache::{CachedRead, DEFAULT_BUDGET as DEFAULT_READ_CACHE_BUDGET};
 pub use super::commit::Lead;
+use super::digest::Delta;
 use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
 pub use super::upkeep::{Compaction, Upkeep};
@@ -116,6 +117,8 @@ pub struct Store {
     pub(super) cache: ReadCache,
     /// What the idle upkeep remembers between its ticks (see `upkeep.rs`).
     pub(super) upkeep: Mutex<super::upkeep::UpkeepState>,
+    /// Anti-entropy's range digests, kept current by the commits (see `digest.rs`).
+    pub(super) digests: super::digest::Tracker,
     /// Tests only: make every commit fail (as a full disk would).
     #[cfg(test)]
     pub(super) fail_commits: std::sync::atomic::AtomicBool,
@@ -180,7 +183,7 @@ impl Store {
     /// at once and its pages reach the disk with the next checkpoint. When this returns `Ok`,
     /// the changes survive a crash. If the append fails, the transaction is dropped: nothing of
     /// it is visible or durable.
-    pub(super) fn commit_logged(&self, mut txn: redb::WriteTransaction, frame: Frame) -> Result<()> {
+    pub(super) fn commit_logged(&self, mut txn: redb::WriteTransaction, frame: Frame, delta: Delta) -> Result<()> {
         #[cfg(test)]
         if self.fail_commits.load(Ordering::SeqCst) {
             return Err(Error::Storage("injected commit failure".into()));
@@ -199,7 +202,7 @@ impl Store {
             }
         }
         let ending = EndWrite(&self.cache, &frame);
-        let committed = self.append_and_commit(txn, &frame);
+        let committed = self.append_and_commit(txn, &frame, &delta);
         drop(ending);
         committed?;
         metrics::histogram!("vkv_commit_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -208,8 +211,9 @@ impl Store {
         Ok(())
     }
 
-    /// The log's append of `frame`, then redb's commit of `txn` (without fsync).
-    fn append_and_commit(&self, txn: redb::WriteTransaction, frame: &Frame) -> Result<()> {
+    /// The log's append of `frame`, then redb's commit of `txn` (without fsync), then the
+    /// commit's changes to the range digests.
+    fn append_and_commit(&self, txn: redb::WriteTransaction, frame: &Frame, delta: &Delta) -> Result<()> {
         // Held until redb's commit: a checkpoint empties the log only between commits.
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         let before = wal.len();
@@ -223,6 +227,8 @@ impl Store {
                 Err(cut) => Error::Storage(format!("{e}; the write may or may not be applied ({cut})")),
             });
         }
+        // Still holding the log: a digest scan's snapshot is before this commit or after it.
+        self.digests.apply(delta);
         Ok(())
     }
 
@@ -366,15 +372,14 @@ impl Store {
         self.with_db(|db| {
             let txn = db.begin_write()?;
             let mut frame = Frame::default();
+            let mut delta = Delta::default();
             let answer = {
                 let mut keys = txn.open_table(KEYS)?;
-                let current = match keys.get(key)? {
-                    Some(bytes) => decode(key, bytes.value())?,
-                    None => SiblingSet::new(),
-                };
+                let (current, before) = current_set(&keys, key)?;
                 let (next, answer) = decide(&current)?;
                 let encoded = encode(&next);
                 keys.insert(key, encoded.as_slice())?;
+                delta.change(key, before.as_ref(), &encoded);
                 let mut counters = txn.open_table(COUNTERS)?;
                 let mark = counters.get(MARK_SEQUENCE)?.map(|g| g.value()).unwrap_or(0) + 1;
                 counters.insert(MARK_SEQUENCE, mark)?;
@@ -386,7 +391,7 @@ impl Store {
                 frame.add(key, &encoded, Some(mark));
                 answer
             };
-            self.commit_logged(txn, frame)?;
+            self.commit_logged(txn, frame, delta)?;
             Ok(answer)
         })
     }
@@ -407,13 +412,11 @@ impl Store {
             let mut records = Vec::new();
             let mut skipped = Vec::new();
             let mut frame = Frame::default();
+            let mut delta = Delta::default();
             {
                 let mut keys = txn.open_table(KEYS)?;
                 'entries: for (key, versions) in entries {
-                    let mut set = match keys.get(key.as_str())? {
-                        Some(bytes) => decode(key, bytes.value())?,
-                        None => SiblingSet::new(),
-                    };
+                    let (mut set, before) = current_set(&keys, key)?;
                     let mut changed = false;
                     let mut merged = Vec::with_capacity(versions.len());
                     for v in versions {
@@ -434,12 +437,13 @@ impl Store {
                     if changed {
                         let encoded = encode(&set);
                         keys.insert(key.as_str(), encoded.as_slice())?;
+                        delta.change(key, before.as_ref(), &encoded);
                         frame.add(key, &encoded, None);
                     }
                 }
             }
             if !frame.is_empty() {
-                self.commit_logged(txn, frame)?;
+                self.commit_logged(txn, frame, delta)?;
                 // The merge is durable whatever happens to the checkpoint: a checkpoint that
                 // fails is the store's fault (recorded) and is tried again after the next commit.
                 if let Err(e) = self.checkpoint_if_due(db) {
@@ -586,6 +590,18 @@ impl Store {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+/// A key's set in a write transaction, and the hash of its stored bytes for the range digests
+/// (`None` if the key has no set yet).
+pub(super) fn current_set(
+    keys: &redb::Table<&str, &[u8]>,
+    key: &str,
+) -> Result<(SiblingSet, Option<super::digest::Digest>)> {
+    Ok(match keys.get(key)? {
+        Some(bytes) => (decode(key, bytes.value())?, Some(super::digest::entry_hash(key, bytes.value()))),
+        None => (SiblingSet::new(), None),
+    })
+}
 
 fn read_set(db: &Database, key: &str) -> Result<SiblingSet> {
     let txn = db.begin_read()?;

@@ -29,7 +29,6 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::core::cluster::Member;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::net::peer::{PeerError, PeerTransport};
@@ -145,34 +144,18 @@ pub async fn run(replica: Arc<Replica>, config: AntiEntropyConfig, mut stop: wat
     }
 }
 
-/// Pause between attempts to reach peers that recovery still needs.
-/// The hash range (of `ranges`) a key falls in: from SHA-256 of the key alone, so a key stays
-/// in its range whatever its value.
-pub fn range_of(key: &str, ranges: usize) -> usize {
-    let h = Sha256::digest(key.as_bytes());
-    (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize) % ranges.max(1)
-}
+pub use crate::storage::digest::range_of;
+
+// The store keeps digests for the count the rounds ask for.
+const _: () = assert!(AE_RANGES == crate::storage::digest::RANGES);
 
 /// A replica's digests: the key space split into `ranges` hash ranges, each summarised by the
 /// XOR of SHA-256(key, stored set) over its keys. Stored sets are canonical, so two replicas
 /// holding the same versions get the same digests; XOR makes a range's digest independent of
-/// scan order. One pass over the keys, on the blocking pool.
+/// the write order. For the rounds' [`AE_RANGES`] the store keeps them current with every commit
+/// (one scan after it opens); any other count takes one pass over the keys, on the blocking pool.
 pub async fn range_digests(replica: &Replica, ranges: usize) -> Result<Vec<[u8; 32]>> {
-    replica
-        .blocking(move |store| {
-            let mut digests = vec![[0u8; 32]; ranges.max(1)];
-            store.scan_raw(|key, set| {
-                let mut h = Sha256::new();
-                h.update(key.as_bytes());
-                h.update([0u8]);
-                h.update(set);
-                for (d, x) in digests[range_of(key, ranges)].iter_mut().zip(h.finalize()) {
-                    *d ^= x;
-                }
-            })?;
-            Ok(digests)
-        })
-        .await
+    replica.blocking(move |store| store.range_digests(ranges)).await
 }
 
 /// Most keys one anti-entropy answer carries, whatever the puller asks for.
