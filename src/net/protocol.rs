@@ -195,7 +195,7 @@ pub struct DigestRequest {
     pub ranges: usize,
 }
 
-/// Answer to `POST /peer/digest`: one hex SHA-256-based digest per range.
+/// Answer to `POST /peer/digest`: one hex digest per range (XOR of XXH3-128 hashes of its keys' sets).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DigestResponse {
     /// Digests, range 0 first.

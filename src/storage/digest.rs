@@ -2,13 +2,17 @@
 //! compares two replicas without hashing either store.
 //!
 //! ```text
-//!   range of a key      SHA-256(key)[0..4] as a big-endian u32, modulo the number of ranges
-//!   digest of a range   XOR of SHA-256(key | 0 | stored set) over the keys in the range
+//!   range of a key      XXH3-64(key), modulo the number of ranges
+//!   H(key, set)         XXH3-128(stored set) seeded with XXH3-64(key)
+//!   digest of a range   XOR of H(key, set) over the keys in the range
 //!   a commit that turns key k's set a into b:   digest[range(k)] ^= H(k, a) ^ H(k, b)
 //! ```
 //!
 //! Stored sets are canonical, so replicas holding the same versions have the same digests, and
-//! XOR makes a digest independent of the order of the writes.
+//! XOR makes a digest independent of the order of the writes. XXH3, not a cryptographic hash:
+//! the digests only pick which ranges to pull (from a peer that signs its requests with the
+//! cluster key), and every commit pays for its keys' hashes — 3 XXH3 calls per changed key take
+//! ~0.1 µs where SHA-256 took ~0.6 µs.
 //!
 //! The digests of [`RANGES`] ranges (the count anti-entropy asks for) are kept in memory: they
 //! start unknown, at open and after a reopen replayed the log behind them, and the first request
@@ -21,7 +25,7 @@
 use std::sync::Mutex;
 
 use redb::{ReadableDatabase, ReadableTable};
-use sha2::{Digest as _, Sha256};
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64};
 
 use super::store::{Store, KEYS};
 use crate::error::Result;
@@ -30,22 +34,25 @@ use crate::error::Result;
 pub const RANGES: usize = 64;
 
 /// One range's digest.
-pub type Digest = [u8; 32];
+pub type Digest = [u8; 16];
 
-/// The hash range (of `ranges`) a key falls in: from SHA-256 of the key alone, so a key stays in
-/// its range whatever its value.
+/// The hash range (of `ranges`) a key falls in: from the key alone, so a key stays in its range
+/// whatever its value.
 pub fn range_of(key: &str, ranges: usize) -> usize {
-    let h = Sha256::digest(key.as_bytes());
-    (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize) % ranges.max(1)
+    in_range(xxh3_64(key.as_bytes()), ranges)
 }
 
-/// A key's share of its range's digest: SHA-256 of the key, a zero byte and its stored set.
+fn in_range(key_hash: u64, ranges: usize) -> usize {
+    (key_hash % ranges.max(1) as u64) as usize
+}
+
+/// A key's share of its range's digest (`H(key, set)` above).
 pub(super) fn entry_hash(key: &str, set: &[u8]) -> Digest {
-    let mut h = Sha256::new();
-    h.update(key.as_bytes());
-    h.update([0u8]);
-    h.update(set);
-    h.finalize().into()
+    seeded(xxh3_64(key.as_bytes()), set)
+}
+
+fn seeded(key_hash: u64, set: &[u8]) -> Digest {
+    xxh3_128_with_seed(set, key_hash).to_le_bytes()
 }
 
 fn xor(into: &mut Digest, other: &Digest) {
@@ -62,11 +69,12 @@ impl Delta {
     /// `key`'s stored set becomes `after`; `before` is [`entry_hash`] of the set it replaces
     /// (`None` for a new key).
     pub fn change(&mut self, key: &str, before: Option<&Digest>, after: &[u8]) {
-        let mut d = entry_hash(key, after);
+        let key_hash = xxh3_64(key.as_bytes());
+        let mut d = seeded(key_hash, after);
         if let Some(before) = before {
             xor(&mut d, before);
         }
-        self.0.push((range_of(key, RANGES), d));
+        self.0.push((in_range(key_hash, RANGES), d));
     }
 }
 
@@ -132,7 +140,7 @@ impl Tracker {
         }
         state.1 += 1;
         let token = state.1;
-        state.0 = State::Scanning { token, since: vec![[0; 32]; RANGES] };
+        state.0 = State::Scanning { token, since: vec![[0; 16]; RANGES] };
         Some(token)
     }
 
@@ -188,10 +196,11 @@ impl Store {
                 (txn, if ranges == RANGES { self.digests.begin_scan() } else { None })
             };
             let mut guard = ScanGuard { tracker: &self.digests, token, scanned: None };
-            let mut sums = vec![[0u8; 32]; ranges];
+            let mut sums = vec![[0u8; 16]; ranges];
             for item in txn.open_table(KEYS)?.iter()? {
                 let (key, set) = item?;
-                xor(&mut sums[range_of(key.value(), ranges)], &entry_hash(key.value(), set.value()));
+                let key_hash = xxh3_64(key.value().as_bytes());
+                xor(&mut sums[in_range(key_hash, ranges)], &seeded(key_hash, set.value()));
             }
             guard.scanned = Some(sums.clone());
             drop(guard);
@@ -250,7 +259,7 @@ mod tests {
 
     /// The digests of `ranges` ranges computed from scratch, from every stored key.
     fn scanned(store: &Store, ranges: usize) -> Vec<Digest> {
-        let mut sums = vec![[0u8; 32]; ranges];
+        let mut sums = vec![[0u8; 16]; ranges];
         store.scan_raw(|key, set| xor(&mut sums[range_of(key, ranges)], &entry_hash(key, set))).unwrap();
         sums
     }
@@ -284,7 +293,7 @@ mod tests {
         store.acknowledge(2, &owed.iter().map(|p| (p.key.clone(), p.mark)).collect::<Vec<_>>()).unwrap();
         let kept = store.known_digests().unwrap();
         assert_eq!(kept, scanned(&store, RANGES));
-        assert_ne!(kept, vec![[0u8; 32]; RANGES]);
+        assert_ne!(kept, vec![[0u8; 16]; RANGES]);
         // Other counts are scanned, and agree.
         assert_eq!(store.range_digests(16).unwrap(), scanned(&store, 16));
     }

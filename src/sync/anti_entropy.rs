@@ -13,13 +13,15 @@
 //!   merge each with the usual join (at most --anti-entropy-max-keys per round)
 //! ```
 //!
-//! A range's digest is the XOR of SHA-256(key, canonical sibling set) over its keys, so equal
-//! contents give equal digests whatever the write order. Each replica pulls in its own rounds, so
+//! A range's digest is the XOR of a hash of (key, canonical sibling set) over its keys, so equal
+//! contents give equal digests whatever the write order. The store keeps the 64 digests current
+//! with every commit (`storage/digest.rs`), so a round hashes nothing. Each replica pulls in its own rounds, so
 //! a difference between A and P is repaired on A by A's round and on P by P's. The merge is the
 //! same join as replication: pulling a key that is already up to date changes nothing.
 //!
-//! Cost per round: one scan of the local keys, one of the peer's, 64 digests on the wire, then
-//! only the keys of differing ranges (bounded by a key count and a byte budget per round).
+//! Cost per round: 64 digests read from memory on each side (the store scans its keys once, at
+//! the first round after it opens), 64 digests on the wire, then only the keys of differing
+//! ranges (bounded by a key count and a byte budget per round).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -150,11 +152,11 @@ pub use crate::storage::digest::range_of;
 const _: () = assert!(AE_RANGES == crate::storage::digest::RANGES);
 
 /// A replica's digests: the key space split into `ranges` hash ranges, each summarised by the
-/// XOR of SHA-256(key, stored set) over its keys. Stored sets are canonical, so two replicas
+/// XOR of a hash of (key, stored set) over its keys. Stored sets are canonical, so two replicas
 /// holding the same versions get the same digests; XOR makes a range's digest independent of
 /// the write order. For the rounds' [`AE_RANGES`] the store keeps them current with every commit
 /// (one scan after it opens); any other count takes one pass over the keys, on the blocking pool.
-pub async fn range_digests(replica: &Replica, ranges: usize) -> Result<Vec<[u8; 32]>> {
+pub async fn range_digests(replica: &Replica, ranges: usize) -> Result<Vec<crate::storage::digest::Digest>> {
     replica.blocking(move |store| store.range_digests(ranges)).await
 }
 
