@@ -180,7 +180,7 @@ impl<P: PeerTransport> Sender<P> {
                 // commits (and fsyncs) once for several keys instead of once for each.
                 pause(&mut stop, (left + LINGER).saturating_duration_since(tokio::time::Instant::now())).await;
                 if *stop.borrow() {
-                    // This wait has seen the stop; the later ones would not.
+                    // Stopped while lingering: no further batch.
                     continue;
                 }
             }
@@ -208,13 +208,13 @@ impl<P: PeerTransport> Sender<P> {
                 tokio::select! {
                     _ = self.link.work.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
-                    _ = stop.changed() => {}
+                    _ = stopped(&mut stop) => {}
                 }
                 continue;
             }
             let shipped = tokio::select! {
                 r = self.ship(&batch) => r,
-                _ = stop.changed() => break,
+                _ = stopped(&mut stop) => break,
             };
             if let Some(a) = acking.take() {
                 self.finish_acknowledge(a, &mut progress, &mut stop).await;
@@ -262,7 +262,7 @@ impl<P: PeerTransport> Sender<P> {
                     tokio::select! {
                         _ = tokio::time::sleep(MEMBERSHIP_RETRY) => {}
                         _ = self.link.peer_up.notified() => {}
-                        _ = stop.changed() => {}
+                        _ = stopped(&mut stop) => {}
                     }
                 }
                 Err(ShipError::Unreachable(reason)) => {
@@ -284,7 +284,7 @@ impl<P: PeerTransport> Sender<P> {
                             debug!("peer said it is up, retrying now");
                             progress.peer_said_up();
                         }
-                        _ = stop.changed() => {}
+                        _ = stopped(&mut stop) => {}
                     }
                 }
             }
@@ -315,8 +315,15 @@ pub(crate) const LINGER_BELOW_KEYS: usize = 8;
 async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
-        _ = stop.changed() => {}
+        _ = stopped(stop) => {}
     }
+}
+
+/// Returns once `stop` is true (or its sender is gone), at once if it already is. Every wait of
+/// the sender ends on this, not on `changed()`: a change one wait has seen would not wake the
+/// next one, which then ran its full length (up to 10 s past the server's shutdown grace).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Longest pause between two attempts while the local store fails (a full disk, say).

@@ -249,6 +249,22 @@ async fn a_stop_during_the_linger_ends_the_sender_at_once() {
     assert!(!peer.received.lock().unwrap().contains("k1"), "nothing ships after the stop");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stop_one_wait_has_seen_still_ends_every_later_wait_at_once() {
+    let (stop, mut stop_rx) = watch::channel(false);
+    stop.send(true).unwrap();
+    // The first wait sees the stop (say, the pause after a failed acknowledgement)...
+    pause(&mut stop_rx, LOCAL_BACKOFF_MAX).await;
+    // ...and the sender's next waits (a backoff, a membership retry) must not run their length.
+    let started = tokio::time::Instant::now();
+    let later = async {
+        pause(&mut stop_rx, MEMBERSHIP_RETRY).await;
+        stopped(&mut stop_rx).await;
+    };
+    assert!(tokio::time::timeout(Duration::from_secs(3600), later).await.is_ok(), "a later wait never ended");
+    assert_eq!(started.elapsed(), Duration::ZERO, "a later wait ran on after the stop");
+}
+
 fn pending(keys: &[&str]) -> Vec<Pending> {
     keys.iter()
         .map(|k| Pending {
