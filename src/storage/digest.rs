@@ -10,9 +10,10 @@
 //!
 //! Stored sets are canonical, so replicas holding the same versions have the same digests, and
 //! XOR makes a digest independent of the order of the writes. XXH3, not a cryptographic hash:
-//! the digests only pick which ranges to pull (from a peer that signs its requests with the
-//! cluster key), and every commit pays for its keys' hashes — 3 XXH3 calls per changed key take
-//! ~0.1 µs where SHA-256 took ~0.6 µs.
+//! every commit pays for its keys' hashes (the key's XXH3-64 and the two sets' XXH3-128, ~0.1 µs
+//! where SHA-256 took ~0.6 µs), and the digests only choose which ranges to pull. XXH3 is not
+//! collision-resistant: a client that crafts values could in principle hide a difference from
+//! anti-entropy, which is the backstop for lost outbox marks, not the path writes travel.
 //!
 //! The digests of [`RANGES`] ranges (the count anti-entropy asks for) are kept in memory: they
 //! start unknown, at open and after a reopen replayed the log behind them, and the first request

@@ -522,7 +522,7 @@ impl Store {
     }
 
     /// Calls `visit` with every key and its stored set's bytes, in key order: one read
-    /// transaction over the whole store (what anti-entropy hashes). Stored sets are canonical
+    /// transaction over the whole store. Stored sets are canonical
     /// (sorted versions, deterministic JSON), so equal sets have equal bytes.
     pub fn scan_raw(&self, mut visit: impl FnMut(&str, &[u8])) -> Result<()> {
         self.with_db(|db| {

@@ -19,8 +19,8 @@
 //! a difference between A and P is repaired on A by A's round and on P by P's. The merge is the
 //! same join as replication: pulling a key that is already up to date changes nothing.
 //!
-//! Cost per round: 64 digests read from memory on each side (the store scans its keys once, at
-//! the first round after it opens), 64 digests on the wire, then only the keys of differing
+//! Cost per round: 64 digests read from memory on each side (a store scans its keys once, at the
+//! first digest request after it opens or reopens), 64 digests on the wire, then only the keys of differing
 //! ranges (bounded by a key count and a byte budget per round).
 
 use std::collections::HashSet;
