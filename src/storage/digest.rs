@@ -181,7 +181,7 @@ impl Drop for ScanGuard<'_> {
 }
 
 impl Store {
-    /// The digests of the keys in `ranges` hash ranges (see the module's doc). For [`RANGES`]
+    /// The digests of the keys in `ranges` hash ranges (see the module's doc). For `RANGES` (64)
     /// they come from memory once known; otherwise one pass over the keys. Blocks (disk).
     pub fn range_digests(&self, ranges: usize) -> Result<Vec<Digest>> {
         let ranges = ranges.max(1);
