@@ -1,6 +1,9 @@
 //! Anti-entropy's range digests of the keys table, kept current by every commit, so a round
 //! compares two replicas without hashing either store.
 //!
+//! Size: the hashing, the tracker that keeps the digests against a first scan, and the tests of
+//! their agreement with a scan under every kind of commit; the ordering argument below ties them.
+//!
 //! ```text
 //!   range of a key      XXH3-64(key), modulo the number of ranges
 //!   H(key, set)         XXH3-128(stored set) seeded with XXH3-64(key)
