@@ -222,7 +222,7 @@ impl Store {
                         Ok((next, answer)) => {
                             let encoded = encode(&next);
                             keys.insert(key.as_str(), encoded.as_slice())?;
-                            delta.change(key, before.as_ref(), &encoded);
+                            delta.change(&before, &encoded);
                             mark += 1;
                             for outbox in &mut outboxes {
                                 outbox.insert(key.as_str(), mark)?;

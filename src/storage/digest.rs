@@ -51,8 +51,25 @@ fn in_range(key_hash: u64, ranges: usize) -> usize {
 }
 
 /// A key's share of its range's digest (`H(key, set)` above).
-pub(super) fn entry_hash(key: &str, set: &[u8]) -> Digest {
+#[cfg(test)]
+fn entry_hash(key: &str, set: &[u8]) -> Digest {
     seeded(xxh3_64(key.as_bytes()), set)
+}
+
+/// What the digests hold for one key before a commit changes it: the key's hash (its range and
+/// its sets' seed, computed once) and its stored set's share, if it has a set.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prior {
+    key_hash: u64,
+    share: Option<Digest>,
+}
+
+impl Prior {
+    /// `key` with its stored bytes (`None` for a new key).
+    pub fn of(key: &str, stored: Option<&[u8]>) -> Prior {
+        let key_hash = xxh3_64(key.as_bytes());
+        Prior { key_hash, share: stored.map(|set| seeded(key_hash, set)) }
+    }
 }
 
 fn seeded(key_hash: u64, set: &[u8]) -> Digest {
@@ -70,15 +87,13 @@ fn xor(into: &mut Digest, other: &Digest) {
 pub(super) struct Delta(Vec<(usize, Digest)>);
 
 impl Delta {
-    /// `key`'s stored set becomes `after`; `before` is [`entry_hash`] of the set it replaces
-    /// (`None` for a new key).
-    pub fn change(&mut self, key: &str, before: Option<&Digest>, after: &[u8]) {
-        let key_hash = xxh3_64(key.as_bytes());
-        let mut d = seeded(key_hash, after);
-        if let Some(before) = before {
+    /// The key `prior` was taken of gets the stored set `after`.
+    pub fn change(&mut self, prior: &Prior, after: &[u8]) {
+        let mut d = seeded(prior.key_hash, after);
+        if let Some(before) = &prior.share {
             xor(&mut d, before);
         }
-        self.0.push((in_range(key_hash, RANGES), d));
+        self.0.push((in_range(prior.key_hash, RANGES), d));
     }
 }
 

@@ -37,7 +37,7 @@ use serde_json::value::RawValue;
 use super::cache::ReadCache;
 pub use super::cache::{CachedRead, DEFAULT_BUDGET as DEFAULT_READ_CACHE_BUDGET};
 pub use super::commit::Lead;
-use super::digest::Delta;
+use super::digest::{Delta, Prior};
 use super::file::Fault;
 pub use super::file::{Repair, DAMAGE_HINT};
 pub use super::upkeep::{Compaction, Upkeep};
@@ -379,7 +379,7 @@ impl Store {
                 let (next, answer) = decide(&current)?;
                 let encoded = encode(&next);
                 keys.insert(key, encoded.as_slice())?;
-                delta.change(key, before.as_ref(), &encoded);
+                delta.change(&before, &encoded);
                 let mut counters = txn.open_table(COUNTERS)?;
                 let mark = counters.get(MARK_SEQUENCE)?.map(|g| g.value()).unwrap_or(0) + 1;
                 counters.insert(MARK_SEQUENCE, mark)?;
@@ -437,7 +437,7 @@ impl Store {
                     if changed {
                         let encoded = encode(&set);
                         keys.insert(key.as_str(), encoded.as_slice())?;
-                        delta.change(key, before.as_ref(), &encoded);
+                        delta.change(&before, &encoded);
                         frame.add(key, &encoded, None);
                     }
                 }
@@ -523,8 +523,10 @@ impl Store {
 
     /// Calls `visit` with every key and its stored set's bytes, in key order: one read
     /// transaction over the whole store. Stored sets are canonical
-    /// (sorted versions, deterministic JSON), so equal sets have equal bytes.
-    pub fn scan_raw(&self, mut visit: impl FnMut(&str, &[u8])) -> Result<()> {
+    /// (sorted versions, deterministic JSON), so equal sets have equal bytes. (Tests compare
+    /// with it; the digests scan on their own, under the log's lock.)
+    #[cfg(test)]
+    pub(super) fn scan_raw(&self, mut visit: impl FnMut(&str, &[u8])) -> Result<()> {
         self.with_db(|db| {
             let txn = db.begin_read()?;
             for item in txn.open_table(KEYS)?.iter()? {
@@ -591,15 +593,11 @@ impl Store {
 #[path = "store_tests.rs"]
 mod tests;
 
-/// A key's set in a write transaction, and the hash of its stored bytes for the range digests
-/// (`None` if the key has no set yet).
-pub(super) fn current_set(
-    keys: &redb::Table<&str, &[u8]>,
-    key: &str,
-) -> Result<(SiblingSet, Option<super::digest::Digest>)> {
+/// A key's set in a write transaction, and what the range digests hold for it.
+pub(super) fn current_set(keys: &redb::Table<&str, &[u8]>, key: &str) -> Result<(SiblingSet, Prior)> {
     Ok(match keys.get(key)? {
-        Some(bytes) => (decode(key, bytes.value())?, Some(super::digest::entry_hash(key, bytes.value()))),
-        None => (SiblingSet::new(), None),
+        Some(bytes) => (decode(key, bytes.value())?, Prior::of(key, Some(bytes.value()))),
+        None => (SiblingSet::new(), Prior::of(key, None)),
     })
 }
 

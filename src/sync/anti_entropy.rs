@@ -155,7 +155,8 @@ const _: () = assert!(AE_RANGES == crate::storage::digest::RANGES);
 /// XOR of a hash of (key, stored set) over its keys. Stored sets are canonical, so two replicas
 /// holding the same versions get the same digests; XOR makes a range's digest independent of
 /// the write order. For the rounds' [`AE_RANGES`] the store keeps them current with every commit
-/// (one scan after it opens); any other count takes one pass over the keys, on the blocking pool.
+/// (one scan after it opens, and after a reopen); any other count takes one pass over the keys,
+/// on the blocking pool.
 pub async fn range_digests(replica: &Replica, ranges: usize) -> Result<Vec<crate::storage::digest::Digest>> {
     replica.blocking(move |store| store.range_digests(ranges)).await
 }
