@@ -10,8 +10,8 @@
 //! Starts on loopback the plain-axum ceiling (`vkv-ceiling`), a 5-replica vkv cluster and, when
 //! `etcd` is installed, a 5-member etcd cluster; preloads each with the same keys; then runs
 //! PUT and GET rounds, interleaved (ceiling, vkv, etcd; again), all with the same closed-loop
-//! load generator and settings; then measures vkv's replication lag, catch-up and (`--growth`)
-//! latency and disk use as the key count grows. Exit codes: 0 done, 1 a target failed or a
+//! load generator and settings; then stops the ceiling and etcd and measures vkv's replication
+//! lag, catch-up and (`--growth`) latency and disk use as the key count grows. Exit codes: 0 done, 1 a target failed or a
 //! measurement could not be taken, 2 bad flags.
 
 mod load;
@@ -138,7 +138,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
 
     // Targets.
     let ceiling_port = vkv_testkit::free_ports(1).map_err(|e| e.to_string())?[0];
-    let (_ceiling, ceiling) = targets::start_ceiling(ceiling_port, &logs).await?;
+    let (ceiling_process, ceiling) = targets::start_ceiling(ceiling_port, &logs).await?;
     let server = match &args.server_bin {
         Some(path) => path.clone(),
         None => vkv_testkit::server_binary()?,
@@ -149,7 +149,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     cluster.wait_all_healthy(Duration::from_secs(30)).await?;
     let vkv: SocketAddr = cluster.address(1).parse().map_err(|e| format!("{e}"))?;
     let etcd_binary = if args.no_etcd { None } else { targets::etcd_binary() };
-    let (_etcd, etcd) = match &etcd_binary {
+    let (etcd_processes, etcd) = match &etcd_binary {
         Some(binary) => {
             let (processes, addrs) = targets::start_etcd(binary, 5, &root.join("etcd"), &logs).await?;
             (Some(processes), Some(addrs[0]))
@@ -205,6 +205,11 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
             }
         }
     }
+
+    // What follows measures vkv alone: the ceiling and etcd stop here, so an idle etcd's
+    // heartbeats and disk writes do not share the two cores with the lag, catch-up and growth runs.
+    drop(etcd_processes);
+    drop(ceiling_process);
 
     // Replication lag at a steady 1,000 writes/s.
     let lag_seconds = if args.quick { 3 } else { 10 };
