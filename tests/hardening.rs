@@ -556,22 +556,3 @@ async fn unparseable_requests_get_json_errors() {
     }
     wait_healthy(port).await;
 }
-
-/// Session 11 of issue 11: a replica turns transparent huge pages off for itself (mimalloc asks
-/// for them, and zeroing 2 MiB per first touch was a quarter of a catching-up replica's CPU).
-/// The kernel shows the process's setting in `/proc/PID/status` (`THP_enabled`, Linux 5.0+).
-#[cfg(target_os = "linux")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_runs_without_transparent_huge_pages() {
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    if !own.contains("THP_enabled:") {
-        eprintln!("this kernel does not report THP_enabled; nothing to check");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (server, port) = single(dir.path(), &[], None);
-    wait_healthy(port).await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("THP_enabled:")).unwrap();
-    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
-}

@@ -32,20 +32,6 @@ use vkv::store::{Repair, DEFAULT_READ_CACHE_BUDGET};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process. mimalloc asks for them (`MADV_HUGEPAGE`)
-/// on the memory it maps, so every first touch of a region made the kernel zero 2 MiB, and
-/// memory mimalloc gave back and took again was zeroed again that way: `folio_zero_user` was a
-/// quarter of a replica's CPU while it caught up on 100,000 keys, and a replica under PUT load
-/// used ~8% more CPU per write with them (report/PERFORMANCE.md, session 11). A replica's heap
-/// is small (~100 MB); 4 KiB pages cost it nothing measurable. Best effort: where the kernel
-/// refuses, the replica runs as before.
-fn no_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        eprintln!("note: cannot turn transparent huge pages off ({e}); running with them");
-    }
-}
-
 /// One replica of a vkv cluster. Peers are the *other* replicas: N = 1 + number of peers.
 /// Give them either as --hosts/--ports (the others) or as --members (everyone).
 #[derive(Parser, Debug)]
@@ -193,7 +179,6 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    no_huge_pages();
     let args = Args::parse();
     // Log lines go to a writer thread through a bounded queue, so a request never waits for a
     // write(2) to stdout. Not lossy: when the queue is full, callers wait rather than drop a

@@ -85,11 +85,31 @@ pub async fn wait_healthy(client: &Client, timeout: Duration) -> bool {
 }
 
 /// Finds `n` free loopback ports, returned in ascending order (so index i is replica id i + 1).
+///
+/// A port is free when found, not when used: the kernel may hand the same ephemeral port to a
+/// later call before the first caller's server binds it. So within one process (the tests of
+/// one test binary run in parallel) no port is handed out twice.
 pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
-    let mut ports: Vec<u16> =
-        listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<std::io::Result<_>>()?;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Held open until all `n` are found, so one call never gets the same port twice either.
+    let mut listeners = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..(n + 1000) {
+        if ports.len() == n {
+            break;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if !handed_out.contains(&port) {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    if ports.len() < n {
+        return Err(std::io::Error::other(format!("found only {} of {n} unused loopback ports", ports.len())));
+    }
+    handed_out.extend(&ports);
     ports.sort_unstable();
     Ok(ports)
 }
