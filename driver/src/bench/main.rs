@@ -11,8 +11,8 @@
 //! `etcd` is installed, a 5-member etcd cluster; preloads each with the same keys; then runs
 //! PUT and GET rounds, interleaved (ceiling, vkv, etcd; again), all with the same closed-loop
 //! load generator and settings; then stops the ceiling and etcd and measures vkv's
-//! replication lag, catch-up and (`--growth`) latency and disk use as the key count grows. Exit codes: 0 done, 1 a target failed or a
-//! measurement could not be taken, 2 bad flags.
+//! replication lag, catch-up and (`--growth`) latency and disk use as the key count grows.
+//! Exit codes: 0 done, 1 a target failed or a measurement could not be taken, 2 bad flags.
 
 mod load;
 mod phases;
