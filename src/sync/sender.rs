@@ -20,13 +20,15 @@
 //! request from it (proof it is up) do. Marks are durable, so a sender that is stopped — or a
 //! replica that crashes — mid-batch simply ships the batch again later; the receiver's merge is
 //! idempotent. After a small batch a sender lingers a moment (`LINGER`, below), so under a
-//! trickle of writes a peer commits several keys per fsync.
+//! trickle of writes a peer commits several keys per fsync. Behind a full batch (a backlog: a
+//! peer that comes back) it ships a second one before the first is answered (`IN_FLIGHT`), so
+//! its own reads and the peer's merges overlap; the two never share a key.
 //!
 //! Size: one loop with every wait a sender makes (idle, linger, backoff, membership, a store that
 //! fails), each cut short by a stop, and the line each logs; split, the stop handling would be
 //! spread over several places.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +41,7 @@ use crate::core::cluster::{Member, ReplicaId};
 use crate::core::show::Clocks;
 use crate::error::{Error, Result};
 use crate::net::peer::{PeerClient, PeerError, PeerTransport, CONNECT_TIMEOUT};
-use crate::net::protocol::{RawEntry, ReplicateBatch, MAX_REPLICATE_BODY_BYTES};
+use crate::net::protocol::{RawEntry, ReplicateBatch, MAX_BATCH_KEYS, MAX_REPLICATE_BODY_BYTES};
 use crate::node::link::PeerLink;
 use crate::storage::on_store;
 use crate::storage::store::{Pending, Store};
@@ -101,25 +103,35 @@ impl<P: PeerTransport> Sender<P> {
             .await
     }
 
-    async fn ship(&self, batch: &[Pending]) -> std::result::Result<(), ShipError> {
-        let request = ReplicateBatch {
-            from: self.me,
-            entries: batch.iter().map(|p| RawEntry { key: &p.key, versions: &p.set }).collect(),
-        };
-        match self.peers.notify(&self.link.member, "/replicate", &request, None).await {
-            Ok(()) => Ok(()),
-            // 400/413: something in this batch is refused. 409: the peer does not count us as
-            // the member we claim to be. Anything else: the peer cannot take batches now.
-            Err(e @ PeerError::Refused { .. }) => Err(ShipError::Refused(e.to_string())),
-            Err(e @ PeerError::Membership { .. }) => Err(ShipError::Membership(e.to_string())),
-            Err(PeerError::Unreachable { reason, .. }) => Err(ShipError::Unreachable(reason)),
-            Err(e) => Err(ShipError::Unreachable(e.to_string())),
-        }
+    /// Ships `batch` from a task of its own, so that a second batch can be read and shipped
+    /// while the peer merges this one (see [`IN_FLIGHT`]).
+    fn start_ship(&self, batch: Vec<Pending>) -> InFlight {
+        let batch = Arc::new(batch);
+        let (peers, to, from, shipped) = (self.peers.clone(), self.link.member.clone(), self.me, batch.clone());
+        let task = tokio::spawn(
+            async move {
+                let request = ReplicateBatch {
+                    from,
+                    entries: shipped.iter().map(|p| RawEntry { key: &p.key, versions: &p.set }).collect(),
+                };
+                match peers.notify(&to, "/replicate", &request, None).await {
+                    Ok(()) => Ok(()),
+                    // 400/413: something in this batch is refused. 409: the peer does not count us
+                    // as the member we claim to be. Anything else: the peer cannot take batches now.
+                    Err(e @ PeerError::Refused { .. }) => Err(ShipError::Refused(e.to_string())),
+                    Err(e @ PeerError::Membership { .. }) => Err(ShipError::Membership(e.to_string())),
+                    Err(PeerError::Unreachable { reason, .. }) => Err(ShipError::Unreachable(reason)),
+                    Err(e) => Err(ShipError::Unreachable(e.to_string())),
+                }
+            }
+            .in_current_span(),
+        );
+        InFlight { batch, task }
     }
 
     /// Queues the clearing of `batch`'s marks into the store's next group commit; the sender
     /// reads and ships the next batch meanwhile (see [`Acking`]).
-    fn start_acknowledge(&self, batch: Vec<Pending>) -> Acking {
+    fn start_acknowledge(&self, batch: Arc<Vec<Pending>>) -> Acking {
         let peer = self.link.member.id;
         let delivered: Vec<(String, u64)> = batch.iter().map(|p| (p.key.clone(), p.mark)).collect();
         let (answer, cleared) = tokio::sync::oneshot::channel();
@@ -165,59 +177,100 @@ impl<P: PeerTransport> Sender<P> {
     ///
     /// Pipelined: once a batch is delivered, its marks are cleared in the background while the
     /// next batch is read and shipped (its keys are passed over until then), so a round trip to
-    /// the peer never waits for this replica's own write transaction.
+    /// the peer never waits for this replica's own write transaction. While a backlog drains
+    /// (full batches), a second batch is read and shipped while the peer merges the first.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let peer = &self.link.member;
         let (pid, addr) = (peer.id, peer.address());
         let mut progress = Progress::new();
         let mut acking: Option<Acking> = None;
+        // Batches shipped and not answered yet, oldest first (at most `IN_FLIGHT`).
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         // When the last batch shipped, if it was small (tokio's clock: paused in tests).
         let mut last_small: Option<tokio::time::Instant> = None;
         debug!("sender started");
         while !*stop.borrow() {
-            if let Some(left) = last_small.take() {
-                // A trickle of writes: let a few more gather before the next batch, so the peer
-                // commits (and fsyncs) once for several keys instead of once for each.
-                pause(&mut stop, (left + LINGER).saturating_duration_since(tokio::time::Instant::now())).await;
-                if *stop.borrow() {
-                    // Stopped while lingering: no further batch.
-                    continue;
-                }
-            }
-            let mut skip = progress.skipped(Instant::now());
-            if let Some(a) = &acking {
-                skip.extend(a.batch.iter().map(|p| p.key.clone()));
-            }
-            let batch = match self.next_batch(progress.cursor.clone(), progress.batch_keys, skip).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    let (first, delay) = progress.local_failure();
-                    if first {
-                        warn!("cannot read outbox: {e}; retrying with backoff");
+            if in_flight.is_empty() {
+                if let Some(left) = last_small.take() {
+                    // A trickle of writes: let a few more gather before the next batch, so the
+                    // peer commits (and fsyncs) once for several keys instead of once for each.
+                    pause(&mut stop, (left + LINGER).saturating_duration_since(tokio::time::Instant::now())).await;
+                    if *stop.borrow() {
+                        // Stopped while lingering: no further batch.
+                        continue;
                     }
-                    pause(&mut stop, delay).await;
-                    continue;
                 }
-            };
-            if batch.is_empty() {
-                if let Some(a) = acking.take() {
-                    // Nothing else to ship: settle the last delivery, then look again.
-                    self.finish_acknowledge(a, &mut progress, &mut stop).await;
-                    continue;
-                }
-                tokio::select! {
-                    _ = self.link.work.notified() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
-                    _ = stopped(&mut stop) => {}
-                }
-                continue;
             }
-            let shipped = tokio::select! {
-                r = self.ship(&batch) => r,
+            // Room for another batch: always when none is in flight; a second one only behind a
+            // full batch (a backlog), so that under a steady load batches stay as large as before.
+            let room = match in_flight.back() {
+                None => true,
+                Some(last) => in_flight.len() < IN_FLIGHT && last.batch.len() >= MAX_BATCH_KEYS,
+            };
+            if room {
+                let mut skip = progress.skipped(Instant::now());
+                // Keys on their way or being cleared are passed over: a key is never in two
+                // batches at once, and its next version ships after the last one was answered.
+                for batch in acking.iter().map(|a| &a.batch).chain(in_flight.iter().map(|f| &f.batch)) {
+                    skip.extend(batch.iter().map(|p| p.key.clone()));
+                }
+                let after = match in_flight.back() {
+                    Some(last) => last.batch.last().map(|p| p.key.clone()),
+                    None => progress.cursor.clone(),
+                };
+                match self.next_batch(after, progress.batch_keys, skip).await {
+                    Err(e) if in_flight.is_empty() => {
+                        let (first, delay) = progress.local_failure();
+                        if first {
+                            warn!("cannot read outbox: {e}; retrying with backoff");
+                        }
+                        pause(&mut stop, delay).await;
+                        continue;
+                    }
+                    // A batch is in flight: settle it first; the next read reports the failure.
+                    Err(_) => {}
+                    Ok(batch) if batch.is_empty() => {
+                        if in_flight.is_empty() {
+                            if let Some(a) = acking.take() {
+                                // Nothing else to ship: settle the last delivery, then look again.
+                                self.finish_acknowledge(a, &mut progress, &mut stop).await;
+                                continue;
+                            }
+                            tokio::select! {
+                                _ = self.link.work.notified() => {}
+                                _ = tokio::time::sleep(IDLE_POLL) => {}
+                                _ = stopped(&mut stop) => {}
+                            }
+                            continue;
+                        }
+                    }
+                    Ok(batch) => {
+                        let full = batch.len() >= MAX_BATCH_KEYS;
+                        in_flight.push_back(self.start_ship(batch));
+                        if full && in_flight.len() < IN_FLIGHT {
+                            continue; // fill the pipe before waiting
+                        }
+                    }
+                }
+            }
+            // Wait for the oldest batch's answer.
+            let Some(oldest) = in_flight.front_mut() else { continue };
+            let joined = tokio::select! {
+                r = &mut oldest.task => r,
                 _ = stopped(&mut stop) => break,
             };
+            let Some(InFlight { batch, .. }) = in_flight.pop_front() else { continue };
+            let shipped =
+                joined.unwrap_or_else(|e| Err(ShipError::Unreachable(format!("the shipping task ended: {e}"))));
             if let Some(a) = acking.take() {
                 self.finish_acknowledge(a, &mut progress, &mut stop).await;
+            }
+            if shipped.is_err() {
+                // Whatever else is in flight is given up: its keys stay marked and ship again
+                // after the wait below (the peer's merge is idempotent).
+                for f in in_flight.drain(..) {
+                    f.task.abort();
+                }
             }
             match shipped {
                 Ok(()) => {
@@ -289,6 +342,10 @@ impl<P: PeerTransport> Sender<P> {
                 }
             }
         }
+        for f in in_flight {
+            // Unanswered batches stay marked and ship again after a restart.
+            f.task.abort();
+        }
         if let Some(a) = acking.take() {
             // Clear what was delivered before stopping (a mark left behind would only re-ship).
             let _ = a.cleared.await;
@@ -297,9 +354,21 @@ impl<P: PeerTransport> Sender<P> {
     }
 }
 
+/// A batch on its way to the peer, and the task shipping it.
+struct InFlight {
+    batch: Arc<Vec<Pending>>,
+    task: tokio::task::JoinHandle<std::result::Result<(), ShipError>>,
+}
+
+/// Most batches a sender has in flight to its peer. Two while a backlog drains (a replica that
+/// comes back, say): this replica reads and ships the next batch while the peer merges the last,
+/// and the peer decodes one while it commits the other, so the two replicas' work overlaps
+/// rather than taking turns. One otherwise: a steady load's batches stay whole.
+pub(crate) const IN_FLIGHT: usize = 2;
+
 /// A delivered batch whose marks are being cleared in the background.
 struct Acking {
-    batch: Vec<Pending>,
+    batch: Arc<Vec<Pending>>,
     cleared: tokio::sync::oneshot::Receiver<Result<usize>>,
 }
 

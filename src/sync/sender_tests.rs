@@ -26,6 +26,15 @@ struct FakePeer {
     entries: Arc<Mutex<Vec<ReplicateEntry>>>,
     /// When each batch accepted arrived (tokio's clock) and how many keys it held.
     batches: Arc<Mutex<Vec<(tokio::time::Instant, usize)>>>,
+    /// Requests being answered now, the most at once, and whether a key was in two at once.
+    active: Arc<AtomicUsize>,
+    most_active: Arc<AtomicUsize>,
+    keys_in_flight: Arc<Mutex<Vec<String>>>,
+    key_in_two_at_once: Arc<AtomicBool>,
+    /// The first request is answered only once a second one has arrived (real time, ≤ 10 s).
+    hold_first: bool,
+    /// The request with this index (from 0) fails as unreachable.
+    fail_request: Option<usize>,
 }
 
 impl PeerTransport for FakePeer {
@@ -50,7 +59,41 @@ impl PeerTransport for FakePeer {
         body: &Req,
         _: Option<Duration>,
     ) -> std::result::Result<(), PeerError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
+        let index = self.requests.fetch_add(1, Ordering::SeqCst);
+        let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_active.fetch_max(active, Ordering::SeqCst);
+        let keys: Vec<String> = serde_json::from_value::<ReplicateRequest>(serde_json::to_value(body).unwrap())
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        {
+            let mut in_flight = self.keys_in_flight.lock().unwrap();
+            if keys.iter().any(|k| in_flight.contains(k)) {
+                self.key_in_two_at_once.store(true, Ordering::SeqCst);
+            }
+            in_flight.extend(keys.iter().cloned());
+        }
+        if self.hold_first && index == 0 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while self.active.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let answer = if self.fail_request == Some(index) {
+            Err(PeerError::Unreachable { path: path.into(), reason: "connection reset".into() })
+        } else {
+            self.answer(path, body)
+        };
+        self.keys_in_flight.lock().unwrap().retain(|k| !keys.contains(k));
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        answer
+    }
+}
+
+impl FakePeer {
+    fn answer<Req: serde::Serialize + Sync>(&self, path: &str, body: &Req) -> std::result::Result<(), PeerError> {
         let path = path.to_string();
         if self.down.load(Ordering::SeqCst) > 0 {
             self.down.fetch_sub(1, Ordering::SeqCst);
@@ -181,6 +224,51 @@ async fn the_stored_sets_reach_the_peer_as_the_versions_they_hold() {
         assert_eq!(last.versions, f.store.get(key).unwrap().versions(), "key {key}");
     }
     f.stop.send(true).unwrap();
+}
+
+/// `n` keys named so that their order is their number.
+fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k{i:05}")).collect()
+}
+
+/// In real time: the fake peer holds the first batch until a second one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_ships_two_batches_at_once_and_no_key_in_both() {
+    let peer = FakePeer { hold_first: true, ..FakePeer::default() };
+    let keys = numbered(2 * MAX_BATCH_KEYS + 300);
+    let f = start(peer.clone(), &keys.iter().map(String::as_str).collect::<Vec<_>>());
+    until("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
+    until("marks cleared", || depth(&f.store) == 0).await;
+    assert_eq!(peer.most_active.load(Ordering::SeqCst), 2, "batches in flight at once");
+    assert!(!peer.key_in_two_at_once.load(Ordering::SeqCst), "a key was in two batches in flight at once");
+    assert_eq!(peer.requests.load(Ordering::SeqCst), 3, "each key shipped once");
+    f.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_backlog_ships_one_batch_at_a_time() {
+    let peer = FakePeer::default();
+    let keys = numbered(MAX_BATCH_KEYS - 1);
+    let f = start(peer.clone(), &keys.iter().map(String::as_str).collect::<Vec<_>>());
+    until("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
+    assert_eq!(peer.most_active.load(Ordering::SeqCst), 1);
+    f.stop.send(true).unwrap();
+}
+
+/// Either of two batches in flight fails: what it held ships again, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_with_two_batches_in_flight_loses_no_key() {
+    for failing in [0, 1] {
+        let peer = FakePeer { hold_first: true, fail_request: Some(failing), ..FakePeer::default() };
+        let keys = numbered(2 * MAX_BATCH_KEYS + 300);
+        let f = start(peer.clone(), &keys.iter().map(String::as_str).collect::<Vec<_>>());
+        until("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
+        until("marks cleared", || depth(&f.store) == 0).await;
+        assert_eq!(peer.most_active.load(Ordering::SeqCst), 2, "request {failing} failing");
+        assert!(peer.requests.load(Ordering::SeqCst) > 3, "the failed batch shipped again");
+        f.stop.send(true).unwrap();
+        f.task.await.unwrap();
+    }
 }
 
 // The decisions alone (`Progress`), step by step.
