@@ -1,6 +1,10 @@
 //! Tests of the sender's decisions against a fake peer (no HTTP): it backs off while the peer is
 //! unreachable and delivers once it is up, sets aside a key the peer refuses while the others
-//! ship, and records a membership refusal until the peer accepts it again.
+//! ship, and records a membership refusal until the peer accepts it again; behind a full batch
+//! it ships a second one, and either failing loses no key.
+//!
+//! Size: one fake peer serves every test of the sender's loop (its waits, its batches in flight,
+//! its failures); split, each part would need its own copy of it.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
