@@ -20,9 +20,9 @@
 //! request from it (proof it is up) do. Marks are durable, so a sender that is stopped — or a
 //! replica that crashes — mid-batch simply ships the batch again later; the receiver's merge is
 //! idempotent. After a small batch a sender lingers a moment (`LINGER`, below), so under a
-//! trickle of writes a peer commits several keys per fsync. Behind a full batch (a backlog: a
-//! peer that comes back) it ships a second one before the first is answered (`IN_FLIGHT`), so
-//! its own reads and the peer's merges overlap; the two never share a key.
+//! trickle of writes a peer commits several keys per fsync. Behind a full batch (1,024 keys: a
+//! backlog, a peer that comes back) it ships a second one before the first is answered
+//! (`IN_FLIGHT`), so its own reads and the peer's merges overlap; the two never share a key.
 //!
 //! Size: one loop with every wait a sender makes (idle, linger, backoff, membership, a store that
 //! fails), each cut short by a stop, and the line each logs; split, the stop handling would be
@@ -126,7 +126,7 @@ impl<P: PeerTransport> Sender<P> {
             }
             .in_current_span(),
         );
-        InFlight { batch, task }
+        InFlight { batch, task: AbortOnDrop(task) }
     }
 
     /// Queues the clearing of `batch`'s marks into the store's next group commit; the sender
@@ -227,7 +227,8 @@ impl<P: PeerTransport> Sender<P> {
                         pause(&mut stop, delay).await;
                         continue;
                     }
-                    // A batch is in flight: settle it first; the next read reports the failure.
+                    // A batch is in flight: settle it first and read again after (a read that
+                    // fails again is reported then).
                     Err(_) => {}
                     Ok(batch) if batch.is_empty() => {
                         if in_flight.is_empty() {
@@ -256,7 +257,7 @@ impl<P: PeerTransport> Sender<P> {
             // Wait for the oldest batch's answer.
             let Some(oldest) = in_flight.front_mut() else { continue };
             let joined = tokio::select! {
-                r = &mut oldest.task => r,
+                r = &mut oldest.task.0 => r,
                 _ = stopped(&mut stop) => break,
             };
             let Some(InFlight { batch, .. }) = in_flight.pop_front() else { continue };
@@ -266,11 +267,9 @@ impl<P: PeerTransport> Sender<P> {
                 self.finish_acknowledge(a, &mut progress, &mut stop).await;
             }
             if shipped.is_err() {
-                // Whatever else is in flight is given up: its keys stay marked and ship again
-                // after the wait below (the peer's merge is idempotent).
-                for f in in_flight.drain(..) {
-                    f.task.abort();
-                }
+                // Whatever else is in flight is given up (dropping a task aborts it): its keys
+                // stay marked and ship again later (the peer's merge is idempotent).
+                in_flight.clear();
             }
             match shipped {
                 Ok(()) => {
@@ -342,10 +341,9 @@ impl<P: PeerTransport> Sender<P> {
                 }
             }
         }
-        for f in in_flight {
-            // Unanswered batches stay marked and ship again after a restart.
-            f.task.abort();
-        }
+        // Unanswered batches are given up (their tasks aborted); they stay marked and ship again
+        // after a restart.
+        in_flight.clear();
         if let Some(a) = acking.take() {
             // Clear what was delivered before stopping (a mark left behind would only re-ship).
             let _ = a.cleared.await;
@@ -357,11 +355,21 @@ impl<P: PeerTransport> Sender<P> {
 /// A batch on its way to the peer, and the task shipping it.
 struct InFlight {
     batch: Arc<Vec<Pending>>,
-    task: tokio::task::JoinHandle<std::result::Result<(), ShipError>>,
+    task: AbortOnDrop<std::result::Result<(), ShipError>>,
 }
 
-/// Most batches a sender has in flight to its peer. Two while a backlog drains (a replica that
-/// comes back, say): this replica reads and ships the next batch while the peer merges the last,
+/// A task that is aborted when its handle is dropped: a sender that is stopped or dropped (the
+/// server's shutdown aborts its tasks after a grace period) leaves no shipping behind.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Most batches a sender has in flight to its peer. Two while a backlog drains (behind a batch
+/// of [`MAX_BATCH_KEYS`] keys: a replica that comes back, say): this replica reads and ships the next batch while the peer merges the last,
 /// and the peer decodes one while it commits the other, so the two replicas' work overlaps
 /// rather than taking turns. One otherwise: a steady load's batches stay whole.
 pub(crate) const IN_FLIGHT: usize = 2;

@@ -35,8 +35,9 @@ struct FakePeer {
     most_active: Arc<AtomicUsize>,
     keys_in_flight: Arc<Mutex<Vec<String>>>,
     key_in_two_at_once: Arc<AtomicBool>,
-    /// The first request is answered only once a second one has arrived (real time, ≤ 10 s).
-    hold_first: bool,
+    /// The first request is answered only once a second one has arrived, or after this long
+    /// (real time).
+    hold_first: Option<Duration>,
     /// The request with this index (from 0) fails as unreachable.
     fail_request: Option<usize>,
 }
@@ -79,9 +80,9 @@ impl PeerTransport for FakePeer {
             }
             in_flight.extend(keys.iter().cloned());
         }
-        if self.hold_first && index == 0 {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while self.active.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        if let (Some(hold), 0) = (self.hold_first, index) {
+            let deadline = std::time::Instant::now() + hold;
+            while self.requests.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -128,17 +129,27 @@ struct Fixture {
 }
 
 fn start(peer: FakePeer, keys: &[&str]) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = Layout::from_flags("127.0.0.1", 1, 2, &["127.0.0.1".into()], &[2]).unwrap();
-    let store = Arc::new(Store::open(dir.path(), &layout).unwrap());
+    start_with(peer, keys, "v")
+}
+
+/// Writes each of `keys` with `value`.
+fn write_keys<K: AsRef<str>>(store: &Store, keys: &[K], value: &str) {
     for key in keys {
         store
-            .write_local(key, |cur| {
+            .write_local(key.as_ref(), |cur| {
                 let clock = cur.client_write(2, None, 0).unwrap();
-                Ok((SiblingSet::single(Version::value("v", clock)), ()))
+                Ok((SiblingSet::single(Version::value(value, clock)), ()))
             })
             .unwrap();
     }
+}
+
+/// A sender to replica 2 of a store holding `keys`, each with `value`.
+fn start_with(peer: FakePeer, keys: &[&str], value: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::from_flags("127.0.0.1", 1, 2, &["127.0.0.1".into()], &[2]).unwrap();
+    let store = Arc::new(Store::open(dir.path(), &layout).unwrap());
+    write_keys(&store, keys, value);
     let link = Arc::new(PeerLink::new(layout.member(2).unwrap().clone()));
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(Sender::new(peer, store.clone(), link.clone()).run(stop_rx));
@@ -235,27 +246,39 @@ fn numbered(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("k{i:05}")).collect()
 }
 
+/// Waits in real time (at most a minute) until `done`.
+async fn within_a_minute(what: &str, done: impl FnMut() -> bool) {
+    if tokio::time::timeout(Duration::from_secs(60), until(what, done)).await.is_err() {
+        panic!("not within a minute: {what}");
+    }
+}
+
 /// In real time: the fake peer holds the first batch until a second one arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_ships_two_batches_at_once_and_no_key_in_both() {
-    let peer = FakePeer { hold_first: true, ..FakePeer::default() };
+    let peer = FakePeer { hold_first: Some(Duration::from_secs(10)), ..FakePeer::default() };
     let keys = numbered(2 * MAX_BATCH_KEYS + 300);
     let f = start(peer.clone(), &keys.iter().map(String::as_str).collect::<Vec<_>>());
-    until("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
-    until("marks cleared", || depth(&f.store) == 0).await;
+    within_a_minute("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
+    within_a_minute("marks cleared", || depth(&f.store) == 0).await;
     assert_eq!(peer.most_active.load(Ordering::SeqCst), 2, "batches in flight at once");
     assert!(!peer.key_in_two_at_once.load(Ordering::SeqCst), "a key was in two batches in flight at once");
     assert_eq!(peer.requests.load(Ordering::SeqCst), 3, "each key shipped once");
     f.stop.send(true).unwrap();
 }
 
+/// A batch short of 1,024 keys goes alone, even with more owed (here batches of large values,
+/// cut at the byte target): a steady load's batches stay whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_backlog_ships_one_batch_at_a_time() {
-    let peer = FakePeer::default();
-    let keys = numbered(MAX_BATCH_KEYS - 1);
-    let f = start(peer.clone(), &keys.iter().map(String::as_str).collect::<Vec<_>>());
-    until("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
-    assert_eq!(peer.most_active.load(Ordering::SeqCst), 1);
+async fn behind_a_batch_short_of_full_nothing_else_is_in_flight() {
+    let peer = FakePeer { hold_first: Some(Duration::from_millis(500)), ..FakePeer::default() };
+    let keys = numbered(36);
+    let value = "v".repeat(1 << 20);
+    let f = start_with(peer.clone(), &keys.iter().map(String::as_str).collect::<Vec<_>>(), &value);
+    within_a_minute("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
+    let batches = peer.batches.lock().unwrap().clone();
+    assert!(batches.len() >= 3, "batches cut at the byte target: {batches:?}");
+    assert_eq!(peer.most_active.load(Ordering::SeqCst), 1, "a second batch went out behind a short one");
     f.stop.send(true).unwrap();
 }
 
@@ -263,11 +286,12 @@ async fn a_small_backlog_ships_one_batch_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_with_two_batches_in_flight_loses_no_key() {
     for failing in [0, 1] {
-        let peer = FakePeer { hold_first: true, fail_request: Some(failing), ..FakePeer::default() };
+        let peer =
+            FakePeer { hold_first: Some(Duration::from_secs(10)), fail_request: Some(failing), ..FakePeer::default() };
         let keys = numbered(2 * MAX_BATCH_KEYS + 300);
         let f = start(peer.clone(), &keys.iter().map(String::as_str).collect::<Vec<_>>());
-        until("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
-        until("marks cleared", || depth(&f.store) == 0).await;
+        within_a_minute("every key delivered", || peer.received.lock().unwrap().len() == keys.len()).await;
+        within_a_minute("marks cleared", || depth(&f.store) == 0).await;
         assert_eq!(peer.most_active.load(Ordering::SeqCst), 2, "request {failing} failing");
         assert!(peer.requests.load(Ordering::SeqCst) > 3, "the failed batch shipped again");
         f.stop.send(true).unwrap();
