@@ -246,21 +246,19 @@ impl<P: PeerTransport> Sender<P> {
                         }
                     }
                     Ok(batch) => {
-                        let full = batch.len() >= MAX_BATCH_KEYS;
+                        // Back to the top: another batch if there is room behind this one (the
+                        // rule above), else the wait below.
                         in_flight.push_back(self.start_ship(batch));
-                        if full && in_flight.len() < IN_FLIGHT {
-                            continue; // fill the pipe before waiting
-                        }
+                        continue;
                     }
                 }
             }
-            // Wait for the oldest batch's answer.
-            let Some(oldest) = in_flight.front_mut() else { continue };
+            // Wait for the oldest batch's answer (dropped on a stop, its task aborted).
+            let Some(InFlight { batch, mut task }) = in_flight.pop_front() else { continue };
             let joined = tokio::select! {
-                r = &mut oldest.task.0 => r,
+                r = &mut task.0 => r,
                 _ = stopped(&mut stop) => break,
             };
-            let Some(InFlight { batch, .. }) = in_flight.pop_front() else { continue };
             let shipped =
                 joined.unwrap_or_else(|e| Err(ShipError::Unreachable(format!("the shipping task ended: {e}"))));
             if let Some(a) = acking.take() {
@@ -369,9 +367,10 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Most batches a sender has in flight to its peer. Two while a backlog drains (behind a batch
-/// of [`MAX_BATCH_KEYS`] keys: a replica that comes back, say): this replica reads and ships the next batch while the peer merges the last,
-/// and the peer decodes one while it commits the other, so the two replicas' work overlaps
-/// rather than taking turns. One otherwise: a steady load's batches stay whole.
+/// of [`MAX_BATCH_KEYS`] keys: a replica that comes back, say): this replica reads and ships
+/// the next batch while the peer merges the last, and the peer decodes one while it commits the
+/// other, so the two replicas' work overlaps rather than taking turns. One otherwise: a steady
+/// load's batches stay whole.
 pub(crate) const IN_FLIGHT: usize = 2;
 
 /// A delivered batch whose marks are being cleared in the background.

@@ -67,12 +67,8 @@ impl PeerTransport for FakePeer {
         let index = self.requests.fetch_add(1, Ordering::SeqCst);
         let active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_active.fetch_max(active, Ordering::SeqCst);
-        let keys: Vec<String> = serde_json::from_value::<ReplicateRequest>(serde_json::to_value(body).unwrap())
-            .unwrap()
-            .entries
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
+        let request: ReplicateRequest = serde_json::from_value(serde_json::to_value(body).unwrap()).unwrap();
+        let keys: Vec<String> = request.entries.iter().map(|e| e.key.clone()).collect();
         {
             let mut in_flight = self.keys_in_flight.lock().unwrap();
             if keys.iter().any(|k| in_flight.contains(k)) {
@@ -89,7 +85,7 @@ impl PeerTransport for FakePeer {
         let answer = if self.fail_request == Some(index) {
             Err(PeerError::Unreachable { path: path.into(), reason: "connection reset".into() })
         } else {
-            self.answer(path, body)
+            self.answer(path, request)
         };
         self.keys_in_flight.lock().unwrap().retain(|k| !keys.contains(k));
         self.active.fetch_sub(1, Ordering::SeqCst);
@@ -98,7 +94,7 @@ impl PeerTransport for FakePeer {
 }
 
 impl FakePeer {
-    fn answer<Req: serde::Serialize + Sync>(&self, path: &str, body: &Req) -> std::result::Result<(), PeerError> {
+    fn answer(&self, path: &str, request: ReplicateRequest) -> std::result::Result<(), PeerError> {
         let path = path.to_string();
         if self.down.load(Ordering::SeqCst) > 0 {
             self.down.fetch_sub(1, Ordering::SeqCst);
@@ -107,7 +103,6 @@ impl FakePeer {
         if self.mismatch.load(Ordering::SeqCst) {
             return Err(PeerError::Membership { path, message: "MEMBERSHIP MISMATCH".into() });
         }
-        let request: ReplicateRequest = serde_json::from_value(serde_json::to_value(body).unwrap()).unwrap();
         if let Some(bad) = self.refuse.filter(|bad| request.entries.iter().any(|e| e.key == *bad)) {
             return Err(PeerError::Refused { path, status: 400, message: format!("{bad} refused") });
         }
