@@ -41,7 +41,33 @@ fn a_small_bench_run_writes_every_figure() {
             let (rps, p50, p99) = op(&figures[target], what);
             assert!(rps > 0.0 && p50 > 0.0 && p99 >= p50, "{target} {what}: {}", figures[target][what]);
             assert_eq!(figures[target][what]["errors"], 0, "{target} {what} had errors");
+            // Where the CPU went: every process of the target, the generator and the box.
+            let cpu = &figures[target][what]["cpu"];
+            let by: Vec<f64> = cpu["us_per_request_by_process"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{target} {what}: no CPU figures in {cpu}"))
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(by.len(), if target == "ceiling" { 1 } else { 5 }, "{target} {what}: {cpu}");
+            let total = cpu["us_per_request"].as_f64().unwrap();
+            assert!(total > 0.0 && (by.iter().sum::<f64>() - total).abs() < 0.01, "{target} {what}: {cpu}");
+            let busy = cpu["box_busy"].as_f64().unwrap();
+            assert!(busy > 0.0 && busy <= 1.0, "{target} {what}: {cpu}");
+            assert!(cpu["generator_us_per_request"].as_f64().unwrap() > 0.0, "{target} {what}: {cpu}");
         }
+    }
+    // Replica 1 takes the client's writes: its CPU per write is the largest of the five.
+    let by = figures["vkv"]["put"]["cpu"]["us_per_request_by_process"].as_array().unwrap().clone();
+    let first = by[0].as_f64().unwrap();
+    assert!(by.iter().all(|v| v.as_f64().unwrap() <= first), "vkv put CPU by replica: {by:?}");
+    let budget = &figures["put_cpu_budget"];
+    if etcd_installed {
+        let most = budget["most_writes_per_s"].as_f64().unwrap();
+        let per_write = budget["us_per_write"].as_f64().unwrap();
+        assert!((most * per_write / 1e6 - budget["cores"].as_f64().unwrap()).abs() < 0.01, "{budget}");
+    } else {
+        assert!(budget.is_null(), "no etcd, no budget against it: {budget}");
     }
     let lag = &figures["replication_lag_ms"];
     let (p50, p99) = (lag["p50"].as_f64().unwrap(), lag["p99"].as_f64().unwrap());
@@ -52,6 +78,7 @@ fn a_small_bench_run_writes_every_figure() {
     // The table on stdout has a row per target and operation.
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("| PUT | vkv |") && stdout.contains("| GET | ceiling |"), "{stdout}");
+    assert!(stdout.contains("CPU per request") && stdout.contains("| box busy |"), "{stdout}");
 }
 
 #[test]

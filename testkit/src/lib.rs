@@ -283,6 +283,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The process id of replica `id`, while it was started and not stopped here.
+    pub fn pid(&self, id: usize) -> Option<u32> {
+        self.slots[id - 1].child.as_ref().map(Child::id)
+    }
+
     /// True while replica `id`'s process is alive.
     pub fn is_running(&mut self, id: usize) -> bool {
         match self.slots[id - 1].child.as_mut() {

@@ -17,6 +17,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::cpu::Cpu;
+
 /// Builds request number `seq` (unique across all connections of one run).
 pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Full<Bytes>> + Send + Sync>;
 
@@ -36,9 +38,13 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Outcome {
     pub ok: Histogram<u64>,
+    /// Every 2xx answer, warm-up included (what the target's CPU over the whole run served).
+    pub answered: u64,
     pub errors: u64,
     pub first_error: Option<String>,
     pub elapsed: Duration,
+    /// The CPU the run took, when the caller measured it (see `cpu.rs`).
+    pub cpu: Option<Cpu>,
 }
 
 impl Outcome {
@@ -52,9 +58,15 @@ impl Outcome {
 
     pub fn merge(&mut self, other: Outcome) {
         self.ok.add(&other.ok).expect("histograms of the same bounds");
+        self.answered += other.answered;
         self.errors += other.errors;
         self.first_error = self.first_error.take().or(other.first_error);
         self.elapsed += other.elapsed;
+        match (&mut self.cpu, other.cpu) {
+            (Some(mine), Some(theirs)) => mine.merge(&theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
     }
 }
 
@@ -69,6 +81,7 @@ pub fn histogram() -> Histogram<u64> {
 
 struct Worker {
     ok: Histogram<u64>,
+    answered: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -83,7 +96,7 @@ pub async fn run(addr: SocketAddr, settings: Settings, make: MakeRequest) -> Out
     for w in 0..settings.connections {
         let (seq, make) = (seq.clone(), make.clone());
         workers.spawn(async move {
-            let mut me = Worker { ok: histogram(), errors: 0, first_error: None };
+            let mut me = Worker { ok: histogram(), answered: 0, errors: 0, first_error: None };
             // Paced runs: each connection owns every `connections`-th slot of the schedule.
             let interval = settings.rate.map(|r| Duration::from_secs_f64(settings.connections as f64 / r));
             let mut next_slot =
@@ -122,6 +135,7 @@ pub async fn run(addr: SocketAddr, settings: Settings, make: MakeRequest) -> Out
                     let micros = now.elapsed().as_micros() as u64;
                     match answer {
                         Ok((status, _)) if status.is_success() => {
+                            me.answered += 1;
                             if now >= measure_from {
                                 me.ok.saturating_record(micros.max(1));
                             }
@@ -138,11 +152,13 @@ pub async fn run(addr: SocketAddr, settings: Settings, make: MakeRequest) -> Out
             me
         });
     }
-    let mut outcome = Outcome { ok: histogram(), errors: 0, first_error: None, elapsed: Duration::ZERO };
+    let mut outcome =
+        Outcome { ok: histogram(), answered: 0, errors: 0, first_error: None, elapsed: Duration::ZERO, cpu: None };
     while let Some(joined) = workers.join_next().await {
         match joined {
             Ok(w) => {
                 outcome.ok.add(&w.ok).expect("same bounds");
+                outcome.answered += w.answered;
                 outcome.errors += w.errors;
                 outcome.first_error = outcome.first_error.take().or(w.first_error);
             }

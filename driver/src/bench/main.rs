@@ -14,6 +14,7 @@
 //! replication lag, catch-up and (`--growth`) latency and disk use as the key count grows.
 //! Exit codes: 0 done, 1 a target failed or a measurement could not be taken, 2 bad flags.
 
+mod cpu;
 mod load;
 mod phases;
 mod targets;
@@ -87,16 +88,27 @@ impl Op {
     }
 }
 
-/// One target's merged outcome per operation.
+/// One target's merged outcome per operation, and its processes (whose CPU is measured).
 struct Row {
     kind: Kind,
+    pids: Vec<u32>,
     put: Option<Outcome>,
     get: Option<Outcome>,
 }
 
 fn figures(o: &Outcome) -> Value {
-    json!({"rps": round(o.rps()), "p50_ms": round(o.ms(0.5)), "p99_ms": round(o.ms(0.99)),
-           "p999_ms": round(o.ms(0.999)), "requests": o.ok.len(), "errors": o.errors})
+    let mut figures = json!({"rps": round(o.rps()), "p50_ms": round(o.ms(0.5)), "p99_ms": round(o.ms(0.99)),
+           "p999_ms": round(o.ms(0.999)), "requests": o.ok.len(), "errors": o.errors});
+    if let Some(cpu) = &o.cpu {
+        figures["cpu"] = json!({
+            "us_per_request": round(cpu.us_per_request()),
+            "us_per_request_by_process": cpu.us_per_request_by_process().into_iter().map(round).collect::<Vec<_>>(),
+            "generator_us_per_request": round(cpu.generator_us_per_request()),
+            "box_busy": round(cpu.box_busy()),
+            "requests": cpu.requests,
+        });
+    }
+    figures
 }
 
 fn round(x: f64) -> f64 {
@@ -161,10 +173,17 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
             (None, None)
         }
     };
-    let mut rows: Vec<(Row, SocketAddr)> = vec![(Row { kind: Kind::Ceiling, put: None, get: None }, ceiling)];
-    rows.push((Row { kind: Kind::Vkv, put: None, get: None }, vkv));
-    if let Some(addr) = etcd {
-        rows.push((Row { kind: Kind::Etcd, put: None, get: None }, addr));
+    let row = |kind, children: &[std::process::Child]| Row {
+        kind,
+        pids: children.iter().map(std::process::Child::id).collect(),
+        put: None,
+        get: None,
+    };
+    let mut rows: Vec<(Row, SocketAddr)> = vec![(row(Kind::Ceiling, &ceiling_process.0), ceiling)];
+    let replicas = (1..=cluster.n()).filter_map(|id| cluster.pid(id)).collect();
+    rows.push((Row { pids: replicas, ..row(Kind::Vkv, &[]) }, vkv));
+    if let (Some(processes), Some(addr)) = (&etcd_processes, etcd) {
+        rows.push((row(Kind::Etcd, &processes.0), addr));
     }
 
     // Same keys everywhere before any measured run.
@@ -181,7 +200,8 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     for r in 1..=rounds {
         for op in [Op::Put, Op::Get] {
             for (row, addr) in rows.iter_mut() {
-                let outcome = run(row.kind, op, *addr, settings, keys, bytes).await;
+                let meter = cpu::Meter::start(row.pids.clone());
+                let mut outcome = run(row.kind, op, *addr, settings, keys, bytes).await;
                 check(&format!("{} {}", row.kind.name(), op.name()), &outcome)?;
                 eprintln!(
                     "round {r}/{rounds} {:>7} {}: {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
@@ -197,6 +217,8 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
                     eprintln!("         vkv replication drained {:.2}s after the run", drained.as_secs_f64());
                     drains.push(drained.as_secs_f64());
                 }
+                // The writes' replication (the drain) included: it is what they cost the cluster.
+                outcome.cpu = Some(meter.stop(outcome.answered));
                 let slot = if op == Op::Put { &mut row.put } else { &mut row.get };
                 match slot {
                     Some(merged) => merged.merge(outcome),
@@ -271,6 +293,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
     };
 
     print_table(&rows);
+    let put_cpu_budget = print_cpu(&rows);
     let find = |k: Kind| rows.iter().find(|(r, _)| r.kind == k).map(|(r, _)| r);
     let entry = |r: Option<&Row>| {
         r.map(|r| json!({"put": r.put.as_ref().map(figures), "get": r.get.as_ref().map(figures)}))
@@ -287,6 +310,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
         "catchup_keys_per_s": round(catchup.keys_per_s),
         "catchup": catchup,
         "replication_drain_s": drains,
+        "put_cpu_budget": put_cpu_budget,
         "growth": growth,
         "settings": {"connections": connections, "seconds": seconds, "rounds": rounds, "keys": keys,
                      "value_bytes": bytes, "quick": args.quick},
@@ -408,6 +432,51 @@ fn print_table(rows: &[(Row, SocketAddr)]) {
             );
         }
     }
+}
+
+/// Where each target's CPU went (see `cpu.rs`), and what vkv's PUT would need for 5× etcd's
+/// rate on these cores.
+fn print_cpu(rows: &[(Row, SocketAddr)]) -> Value {
+    println!();
+    println!("CPU per request, from /proc over each run (its warm-up included; vkv's PUT runs also");
+    println!("until replication drained). By process: vkv's replica 1 (the one written to) first.");
+    println!();
+    println!("| op | target | µs per request | by process | load generator µs | box busy |");
+    println!("|---|---|---:|---|---:|---:|");
+    for op in [Op::Put, Op::Get] {
+        for (row, _) in rows {
+            let outcome = if op == Op::Put { row.put.as_ref() } else { row.get.as_ref() };
+            let Some(cpu) = outcome.and_then(|o| o.cpu.as_ref()) else { continue };
+            let by: Vec<String> = cpu.us_per_request_by_process().iter().map(|us| format!("{us:.1}")).collect();
+            println!(
+                "| {} | {} | {:.1} | {} | {:.1} | {:.0}% |",
+                op.name().to_uppercase(),
+                row.kind.name(),
+                cpu.us_per_request(),
+                by.join(", "),
+                cpu.generator_us_per_request(),
+                cpu.box_busy() * 100.0
+            );
+        }
+    }
+    let put = |k: Kind| rows.iter().find(|(r, _)| r.kind == k).and_then(|(r, _)| r.put.as_ref());
+    let (Some(vkv), Some(etcd)) = (put(Kind::Vkv), put(Kind::Etcd)) else { return Value::Null };
+    let Some(cpu) = &vkv.cpu else { return Value::Null };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_write = cpu.us_per_request() + cpu.generator_us_per_request();
+    let most = if per_write > 0.0 { cores * 1e6 / per_write } else { 0.0 };
+    let wanted = 5.0 * etcd.rps();
+    let budget = cores * 1e6 / wanted;
+    println!();
+    println!(
+        "vkv PUT: {:.1} µs of CPU per write (the 5 replicas) + {:.1} µs (the load generator): {cores:.0} cores \
+         fully busy give at most {most:.0} writes/s. 5× etcd ({wanted:.0}/s) would need at most {budget:.1} µs \
+         per write in all.",
+        cpu.us_per_request(),
+        cpu.generator_us_per_request(),
+    );
+    json!({"cores": cores, "us_per_write": round(per_write), "most_writes_per_s": round(most),
+           "five_times_etcd_per_s": round(wanted), "us_per_write_for_five_times_etcd": round(budget)})
 }
 
 #[tokio::main]
