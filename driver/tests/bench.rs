@@ -50,22 +50,34 @@ fn a_small_bench_run_writes_every_figure() {
                 .map(|v| v.as_f64().unwrap())
                 .collect();
             assert_eq!(by.len(), if target == "ceiling" { 1 } else { 5 }, "{target} {what}: {cpu}");
-            let total = cpu["us_per_request"].as_f64().unwrap();
-            assert!(total > 0.0 && (by.iter().sum::<f64>() - total).abs() < 0.01, "{target} {what}: {cpu}");
-            let busy = cpu["box_busy"].as_f64().unwrap();
-            assert!(busy > 0.0 && busy <= 1.0, "{target} {what}: {cpu}");
+            assert!(cpu["us_per_request"].as_f64().unwrap() > 0.0, "{target} {what}: {cpu}");
+            assert!(cpu["box_busy"].as_f64().unwrap() > 0.0, "{target} {what}: {cpu}");
             assert!(cpu["generator_us_per_request"].as_f64().unwrap() > 0.0, "{target} {what}: {cpu}");
+            // Every 2xx answer counts, the warm-up's too: at least the measured ones.
+            let measured = figures[target][what]["requests"].as_u64().unwrap();
+            assert!(cpu["answered"].as_u64().unwrap() >= measured, "{target} {what}: {cpu}");
         }
     }
-    // Replica 1 takes the client's writes: its CPU per write is the largest of the five.
-    let by = figures["vkv"]["put"]["cpu"]["us_per_request_by_process"].as_array().unwrap().clone();
-    let first = by[0].as_f64().unwrap();
-    assert!(by.iter().all(|v| v.as_f64().unwrap() <= first), "vkv put CPU by replica: {by:?}");
+    // Replica 1 takes the client's writes, the four others merge them: every replica works for
+    // a PUT, and replica 1 the most.
+    let put_cpu = &figures["vkv"]["put"]["cpu"];
+    let by: Vec<f64> =
+        put_cpu["us_per_request_by_process"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(by.iter().all(|&us| us > 0.0 && us <= by[0]), "vkv put CPU by replica: {by:?}");
     let budget = &figures["put_cpu_budget"];
     if etcd_installed {
+        let cores = std::thread::available_parallelism().unwrap().get() as f64;
+        let per_write = budget["us_per_write_with_generator"].as_f64().unwrap();
+        let vkv_and_generator =
+            put_cpu["us_per_request"].as_f64().unwrap() + put_cpu["generator_us_per_request"].as_f64().unwrap();
+        // The figures are rounded to 3 decimals: equal to a thousandth.
+        let close = |a: f64, b: f64| (a / b - 1.0).abs() < 1e-3;
+        assert!(close(per_write, vkv_and_generator), "{budget} against {put_cpu}");
         let most = budget["most_writes_per_s"].as_f64().unwrap();
-        let per_write = budget["us_per_write"].as_f64().unwrap();
-        assert!((most * per_write / 1e6 - budget["cores"].as_f64().unwrap()).abs() < 0.01, "{budget}");
+        assert!(close(most, cores * 1e6 / per_write), "{budget}");
+        let etcd_put = op(&figures["etcd"], "put").0;
+        let allowed = budget["us_per_write_for_five_times_etcd"].as_f64().unwrap();
+        assert!(close(allowed, cores * 1e6 / (5.0 * etcd_put)), "{budget}, etcd put {etcd_put} req/s");
     } else {
         assert!(budget.is_null(), "no etcd, no budget against it: {budget}");
     }

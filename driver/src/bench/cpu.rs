@@ -17,7 +17,7 @@ pub struct Cpu {
     /// Wall time × cores: what the box could have given.
     pub capacity_s: f64,
     /// 2xx answers over the same time (warm-up included).
-    pub requests: u64,
+    pub answered: u64,
 }
 
 impl Cpu {
@@ -32,14 +32,14 @@ impl Cpu {
         self.generator_s += other.generator_s;
         self.busy_s += other.busy_s;
         self.capacity_s += other.capacity_s;
-        self.requests += other.requests;
+        self.answered += other.answered;
     }
 
     fn per_request(&self, seconds: f64) -> f64 {
-        if self.requests == 0 {
+        if self.answered == 0 {
             0.0
         } else {
-            seconds * 1e6 / self.requests as f64
+            seconds * 1e6 / self.answered as f64
         }
     }
 
@@ -97,9 +97,9 @@ impl Meter {
         }
     }
 
-    /// The CPU used since [`Meter::start`], for `requests` answered meanwhile. A counter that
+    /// The CPU used since [`Meter::start`], for `answered` requests meanwhile. A counter that
     /// could not be read (a process gone, no `/proc`) counts as zero.
-    pub fn stop(self, requests: u64) -> Cpu {
+    pub fn stop(self, answered: u64) -> Cpu {
         let since = |before: Option<u64>, now: Option<u64>| match (before, now) {
             (Some(b), Some(n)) => n.saturating_sub(b) as f64 * self.tick,
             _ => 0.0,
@@ -107,7 +107,7 @@ impl Meter {
         let processes_s =
             self.pids.iter().zip(&self.processes).map(|(&pid, &before)| since(before, process_ticks(pid))).collect();
         let generator_s = since(self.generator, process_ticks(std::process::id()));
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = cores();
         let (busy_s, capacity_s) = match (self.box_ticks, box_ticks()) {
             (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
                 // The box's counters are summed over every core: scaled to wall time × cores.
@@ -116,8 +116,13 @@ impl Meter {
             }
             _ => (0.0, self.started.elapsed().as_secs_f64() * cores),
         };
-        Cpu { processes_s, generator_s, busy_s, capacity_s, requests }
+        Cpu { processes_s, generator_s, busy_s, capacity_s, answered }
     }
+}
+
+/// The cores this process may use (what the box busy share and the CPU budget count).
+pub fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 /// User + system clock ticks of process `pid` (all its threads), from `/proc/PID/stat`.
@@ -142,15 +147,16 @@ fn box_ticks() -> Option<(u64, u64)> {
 }
 
 /// Busy and total ticks from `/proc/stat`'s first line (`cpu  user nice system idle iowait irq
-/// softirq steal …`): idle and iowait are not busy; guest time is already in user's.
+/// softirq steal guest guest_nice`): idle and iowait are not busy. Steal (time the hypervisor
+/// gave to someone else) is left out of both, so the share is of the time this box had; guest
+/// time is already in user's.
 pub fn parse_box_stat(text: &str) -> Option<(u64, u64)> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let counters: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
     if counters.len() < 4 {
         return None;
     }
-    // Guest (9th) and guest_nice (10th) are counted in user and nice already.
-    let total: u64 = counters.iter().take(8).sum();
+    let total: u64 = counters.iter().take(7).sum();
     let idle = counters[3] + counters.get(4).copied().unwrap_or(0);
     Some((total - idle, total))
 }
@@ -168,8 +174,8 @@ mod tests {
     }
 
     #[test]
-    fn the_box_line_counts_idle_and_iowait_as_not_busy_and_guest_once() {
-        let stat = "cpu  100 5 50 800 40 3 2 0 70 0\ncpu0 50 2 25 400 20 1 1 0 35 0\n";
+    fn the_box_line_counts_idle_and_iowait_as_not_busy_and_steal_and_guest_not_at_all() {
+        let stat = "cpu  100 5 50 800 40 3 2 9 70 0\ncpu0 50 2 25 400 20 1 1 4 35 0\n";
         let (busy, total) = parse_box_stat(stat).unwrap();
         assert_eq!(total, 100 + 5 + 50 + 800 + 40 + 3 + 2);
         assert_eq!(busy, total - 800 - 40);
@@ -179,8 +185,8 @@ mod tests {
     #[test]
     fn figures_per_request_add_up_over_merged_runs() {
         let mut a =
-            Cpu { processes_s: vec![0.6, 0.2], generator_s: 0.1, busy_s: 1.0, capacity_s: 2.0, requests: 10_000 };
-        a.merge(&Cpu { processes_s: vec![0.4, 0.3], generator_s: 0.1, busy_s: 2.0, capacity_s: 2.0, requests: 10_000 });
+            Cpu { processes_s: vec![0.6, 0.2], generator_s: 0.1, busy_s: 1.0, capacity_s: 2.0, answered: 10_000 };
+        a.merge(&Cpu { processes_s: vec![0.4, 0.3], generator_s: 0.1, busy_s: 2.0, capacity_s: 2.0, answered: 10_000 });
         assert_eq!(a.us_per_request_by_process(), vec![50.0, 25.0]);
         assert_eq!(a.us_per_request(), 75.0);
         assert_eq!(a.generator_us_per_request(), 10.0);

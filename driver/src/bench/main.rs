@@ -105,7 +105,7 @@ fn figures(o: &Outcome) -> Value {
             "us_per_request_by_process": cpu.us_per_request_by_process().into_iter().map(round).collect::<Vec<_>>(),
             "generator_us_per_request": round(cpu.generator_us_per_request()),
             "box_busy": round(cpu.box_busy()),
-            "requests": cpu.requests,
+            "answered": cpu.answered,
         });
     }
     figures
@@ -173,17 +173,12 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
             (None, None)
         }
     };
-    let row = |kind, children: &[std::process::Child]| Row {
-        kind,
-        pids: children.iter().map(std::process::Child::id).collect(),
-        put: None,
-        get: None,
-    };
-    let mut rows: Vec<(Row, SocketAddr)> = vec![(row(Kind::Ceiling, &ceiling_process.0), ceiling)];
-    let replicas = (1..=cluster.n()).filter_map(|id| cluster.pid(id)).collect();
-    rows.push((Row { pids: replicas, ..row(Kind::Vkv, &[]) }, vkv));
+    let row = |kind, pids| Row { kind, pids, put: None, get: None };
+    let ids = |processes: &targets::Processes| processes.0.iter().map(std::process::Child::id).collect();
+    let mut rows: Vec<(Row, SocketAddr)> = vec![(row(Kind::Ceiling, ids(&ceiling_process)), ceiling)];
+    rows.push((row(Kind::Vkv, (1..=cluster.n()).filter_map(|id| cluster.pid(id)).collect()), vkv));
     if let (Some(processes), Some(addr)) = (&etcd_processes, etcd) {
-        rows.push((row(Kind::Etcd, &processes.0), addr));
+        rows.push((row(Kind::Etcd, ids(processes)), addr));
     }
 
     // Same keys everywhere before any measured run.
@@ -217,7 +212,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
                     eprintln!("         vkv replication drained {:.2}s after the run", drained.as_secs_f64());
                     drains.push(drained.as_secs_f64());
                 }
-                // The writes' replication (the drain) included: it is what they cost the cluster.
+                // For vkv's PUTs, after the drain: their replication is what they cost the cluster.
                 outcome.cpu = Some(meter.stop(outcome.answered));
                 let slot = if op == Op::Put { &mut row.put } else { &mut row.get };
                 match slot {
@@ -462,20 +457,20 @@ fn print_cpu(rows: &[(Row, SocketAddr)]) -> Value {
     let put = |k: Kind| rows.iter().find(|(r, _)| r.kind == k).and_then(|(r, _)| r.put.as_ref());
     let (Some(vkv), Some(etcd)) = (put(Kind::Vkv), put(Kind::Etcd)) else { return Value::Null };
     let Some(cpu) = &vkv.cpu else { return Value::Null };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cores = cpu::cores();
     let per_write = cpu.us_per_request() + cpu.generator_us_per_request();
     let most = if per_write > 0.0 { cores * 1e6 / per_write } else { 0.0 };
     let wanted = 5.0 * etcd.rps();
     let budget = cores * 1e6 / wanted;
     println!();
     println!(
-        "vkv PUT: {:.1} µs of CPU per write (the 5 replicas) + {:.1} µs (the load generator): {cores:.0} cores \
-         fully busy give at most {most:.0} writes/s. 5× etcd ({wanted:.0}/s) would need at most {budget:.1} µs \
-         per write in all.",
+        "vkv PUT: {:.1} µs of CPU per write (the 5 replicas) + {:.1} µs (the load generator): at that cost \
+         {cores:.0} cores, fully busy with nothing else, could give at most {most:.0} writes/s. 5× etcd \
+         ({wanted:.0}/s) would need at most {budget:.1} µs per write in all.",
         cpu.us_per_request(),
         cpu.generator_us_per_request(),
     );
-    json!({"cores": cores, "us_per_write": round(per_write), "most_writes_per_s": round(most),
+    json!({"cores": cores, "us_per_write_with_generator": round(per_write), "most_writes_per_s": round(most),
            "five_times_etcd_per_s": round(wanted), "us_per_write_for_five_times_etcd": round(budget)})
 }
 
