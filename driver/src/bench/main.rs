@@ -96,6 +96,22 @@ struct Row {
     get: Option<Outcome>,
 }
 
+impl Row {
+    /// The merged outcome of `op`, once measured.
+    fn outcome(&self, op: Op) -> Option<&Outcome> {
+        if op == Op::Put {
+            self.put.as_ref()
+        } else {
+            self.get.as_ref()
+        }
+    }
+}
+
+/// The row of target `kind` (absent: etcd not installed).
+fn row_of(rows: &[(Row, SocketAddr)], kind: Kind) -> Option<&Row> {
+    rows.iter().find(|(r, _)| r.kind == kind).map(|(r, _)| r)
+}
+
 fn figures(o: &Outcome) -> Value {
     let mut figures = json!({"rps": round(o.rps()), "p50_ms": round(o.ms(0.5)), "p99_ms": round(o.ms(0.99)),
            "p999_ms": round(o.ms(0.999)), "requests": o.ok.len(), "errors": o.errors});
@@ -289,7 +305,7 @@ async fn bench(args: Args, root: PathBuf) -> Result<Value, String> {
 
     print_table(&rows);
     let put_cpu_budget = print_cpu(&rows);
-    let find = |k: Kind| rows.iter().find(|(r, _)| r.kind == k).map(|(r, _)| r);
+    let find = |k: Kind| row_of(&rows, k);
     let entry = |r: Option<&Row>| {
         r.map(|r| json!({"put": r.put.as_ref().map(figures), "get": r.get.as_ref().map(figures)}))
             .unwrap_or(Value::Null)
@@ -398,11 +414,7 @@ fn machine() -> Value {
 }
 
 fn print_table(rows: &[(Row, SocketAddr)]) {
-    let get = |k: Kind, op: Op| {
-        rows.iter()
-            .find(|(r, _)| r.kind == k)
-            .and_then(|(r, _)| if op == Op::Put { r.put.as_ref() } else { r.get.as_ref() })
-    };
+    let get = |k: Kind, op: Op| row_of(rows, k).and_then(|r| r.outcome(op));
     println!();
     println!("| op | target | req/s | p50 ms | p99 ms | p99.9 ms | errors | vkv/ceiling | vkv/etcd |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
@@ -440,8 +452,7 @@ fn print_cpu(rows: &[(Row, SocketAddr)]) -> Value {
     println!("|---|---|---:|---|---:|---:|");
     for op in [Op::Put, Op::Get] {
         for (row, _) in rows {
-            let outcome = if op == Op::Put { row.put.as_ref() } else { row.get.as_ref() };
-            let Some(cpu) = outcome.and_then(|o| o.cpu.as_ref()) else { continue };
+            let Some(cpu) = row.outcome(op).and_then(|o| o.cpu.as_ref()) else { continue };
             let by: Vec<String> = cpu.us_per_request_by_process().iter().map(|us| format!("{us:.1}")).collect();
             println!(
                 "| {} | {} | {:.1} | {} | {:.1} | {:.0}% |",
@@ -454,7 +465,7 @@ fn print_cpu(rows: &[(Row, SocketAddr)]) -> Value {
             );
         }
     }
-    let put = |k: Kind| rows.iter().find(|(r, _)| r.kind == k).and_then(|(r, _)| r.put.as_ref());
+    let put = |k: Kind| row_of(rows, k).and_then(|r| r.outcome(Op::Put));
     let (Some(vkv), Some(etcd)) = (put(Kind::Vkv), put(Kind::Etcd)) else { return Value::Null };
     let Some(cpu) = &vkv.cpu else { return Value::Null };
     let cores = cpu::cores();
